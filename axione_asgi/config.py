@@ -1,0 +1,226 @@
+"""AxioneConfig and its parts: TOML loading, validation, the embedded default."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "DEFAULT_TIERS",
+    "AxioneConfig",
+    "ConfigError",
+    "ProviderConfig",
+    "StaticKey",
+    "StorageConfig",
+    "TierLimits",
+    "TierPolicy",
+]
+
+ProviderKind = Literal["openai", "anthropic", "gemini", "mistral", "openai-compatible", "demo"]
+
+_DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "mistral": "https://api.mistral.ai/v1",
+}
+
+# Providers the embedded default enables when their key is in the environment.
+_KNOWN_PROVIDERS: dict[str, dict[str, Any]] = {
+    "openai": {
+        "kind": "openai",
+        "api_key_env": "OPENAI_API_KEY",
+        "models": {
+            "gpt-4o": "gpt-4o",
+            "gpt-4o-mini": "gpt-4o-mini",
+            "gpt-4.1": "gpt-4.1",
+            "gpt-4.1-mini": "gpt-4.1-mini",
+            "gpt-3.5-turbo": "gpt-3.5-turbo",
+        },
+    },
+    "anthropic": {
+        "kind": "anthropic",
+        "api_key_env": "ANTHROPIC_API_KEY",
+        "models": {
+            "claude-3.5-sonnet": "claude-3-5-sonnet-latest",
+            "claude-3.5-haiku": "claude-3-5-haiku-latest",
+        },
+    },
+    "google": {
+        "kind": "gemini",
+        "api_key_env": "GEMINI_API_KEY",
+        "models": {
+            "gemini-2.5-flash-lite": "gemini-2.5-flash-lite",
+            "gemini-2.5-flash": "gemini-2.5-flash",
+        },
+    },
+    "mistral": {
+        "kind": "mistral",
+        "api_key_env": "MISTRAL_API_KEY",
+        "models": {"mistral-large": "mistral-large-latest", "mistral-small": "mistral-small-latest"},
+    },
+}
+
+
+class ConfigError(Exception):
+    """Bad configuration: one line naming the file, the key and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderConfig(_Strict):
+    """One `[providers.NAME]` table; NAME is the `provider` part of model ids."""
+
+    kind: ProviderKind
+    base_url: str | None = None
+    api_key_env: str | None = None
+    # An inline key is accepted for local servers and tests; prefer api_key_env.
+    api_key: str | None = Field(default=None, repr=False)
+    timeout_s: float = Field(default=60.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    models: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Anthropic requires max_tokens; this is sent when the client gives none.
+    default_max_tokens: int = Field(default=4096, ge=1)
+    max_connections: int = Field(default=256, ge=1)
+
+    def resolved_base_url(self) -> str:
+        """The configured base URL, or the provider's public one."""
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        if self.kind in _DEFAULT_BASE_URLS:
+            return _DEFAULT_BASE_URLS[self.kind]
+        return ""
+
+    def resolved_api_key(self, environ: Mapping[str, str]) -> str | None:
+        """The upstream key: inline, or read from `api_key_env` at start-up."""
+        if self.api_key:
+            return self.api_key
+        if self.api_key_env:
+            return environ.get(self.api_key_env) or None
+        return None
+
+
+class StorageConfig(_Strict):
+    """Where keys, the usage ledger and the daily counters live."""
+
+    keys: str = "sqlite:///axione.db"
+    ledger: str = "sqlite:///axione.db"
+    counters: str = "memory://"
+
+    @field_validator("keys", "ledger")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not (value.startswith("sqlite:///") or value == "memory://"):
+            raise ValueError("must be 'memory://' or 'sqlite:///PATH'")
+        return value
+
+
+class TierLimits(_Strict):
+    """A tier's daily limits."""
+
+    requests_per_day: int = Field(ge=1)
+    tokens_per_day: int = Field(ge=1)
+
+
+DEFAULT_TIERS: dict[int, TierLimits] = {
+    1: TierLimits(requests_per_day=1_000, tokens_per_day=250_000),
+    2: TierLimits(requests_per_day=4_000, tokens_per_day=1_000_000),
+    3: TierLimits(requests_per_day=40_000, tokens_per_day=10_000_000),
+    4: TierLimits(requests_per_day=80_000, tokens_per_day=20_000_000),
+    5: TierLimits(requests_per_day=120_000, tokens_per_day=30_000_000),
+}
+
+
+class TierPolicy(_Strict):
+    """When keys are promoted at day rollover."""
+
+    auto_upgrade: bool = True
+    threshold: float = Field(default=0.8, gt=0, le=1)
+    max_auto_tier: int = Field(default=4, ge=1)
+
+
+class StaticKey(_Strict):
+    """A key declared in the config file; the file is its source of truth."""
+
+    name: str
+    key_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    tier: int = Field(default=1, ge=1)
+    models: list[str] | None = None
+
+
+class AxioneConfig(_Strict):
+    """The whole configuration; defaults serve the embedded case."""
+
+    prefix: str = "/api/v1"
+    max_body_bytes: int = Field(default=4_000_000, ge=1)
+    key_cache_ttl_s: float = Field(default=5.0, ge=0)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    providers: dict[str, ProviderConfig] = Field(
+        default_factory=lambda: {"demo": ProviderConfig(kind="demo")}
+    )
+    tiers: dict[int, TierLimits] = Field(default_factory=dict)
+    tier_policy: TierPolicy = Field(default_factory=TierPolicy)
+    keys: list[StaticKey] = Field(default_factory=list)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        value = "/" + value.strip("/")
+        return "" if value == "/" else value
+
+    @field_validator("providers")
+    @classmethod
+    def _provider_names(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        for name in value:
+            if not name or "/" in name:
+                raise ValueError(f"provider name {name!r} must be non-empty and hold no '/'")
+        return value
+
+    def tier_table(self) -> dict[int, TierLimits]:
+        """The default tier table with this file's overrides applied."""
+        return {**DEFAULT_TIERS, **self.tiers}
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "<config>") -> AxioneConfig:
+        """Validate a parsed mapping; errors become one `ConfigError` line."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise ConfigError(f"{source}: {where}: {first['msg']}{more}") from None
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> AxioneConfig:
+        """Load and validate a TOML file (SPEC section 6)."""
+        source = os.fspath(path)
+        try:
+            data = tomllib.loads(Path(source).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+        return cls.from_mapping(data, source=source)
+
+    @classmethod
+    def embedded_default(cls, environ: Mapping[str, str] | None = None) -> AxioneConfig:
+        """The configuration `axione serve` uses with no file.
+
+        SQLite in the working folder, memory counters, the demo provider, and
+        every known provider whose API key is in the environment.
+        """
+        env = os.environ if environ is None else environ
+        providers: dict[str, Any] = {"demo": {"kind": "demo"}}
+        for name, table in _KNOWN_PROVIDERS.items():
+            if env.get(table["api_key_env"]):
+                providers[name] = table
+        return cls.from_mapping({"providers": providers}, source="<embedded default>")

@@ -1,0 +1,269 @@
+"""The OpenAI chat request, response and chunk models that the core speaks.
+
+Every provider translates to and from these at its edge. Models allow extra
+fields so that OpenAI-format upstreams receive what a client sent and clients
+receive what such an upstream answered.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "Choice",
+    "ChunkChoice",
+    "ContentPart",
+    "Delta",
+    "DeltaFunction",
+    "DeltaToolCall",
+    "FunctionCall",
+    "FunctionDefinition",
+    "ImagePart",
+    "ImageURL",
+    "OtherPart",
+    "ResponseFormat",
+    "ResponseMessage",
+    "StreamOptions",
+    "TextPart",
+    "Tool",
+    "ToolCall",
+    "ToolChoiceFunction",
+    "ToolChoiceNamed",
+    "Usage",
+    "new_id",
+    "now",
+]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ImageURL(_Open):
+    url: str
+    detail: str | None = None
+
+
+class TextPart(_Open):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Open):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class OtherPart(_Open):
+    """A content part of a type only OpenAI-format upstreams understand."""
+
+    type: str
+
+
+def _part_tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in ("text", "image_url") else "other"
+
+
+ContentPart = Annotated[
+    Annotated[TextPart, Tag("text")]
+    | Annotated[ImagePart, Tag("image_url")]
+    | Annotated[OtherPart, Tag("other")],
+    Discriminator(_part_tag),
+]
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Open):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class ChatMessage(_Open):
+    """One message of a chat request."""
+
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _check_role_fields(self) -> ChatMessage:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a message with role 'tool' needs 'tool_call_id'")
+        if self.role in ("system", "developer", "user", "tool") and self.content is None:
+            raise ValueError(f"a message with role '{self.role}' needs 'content'")
+        if self.role == "assistant" and self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs 'content' or 'tool_calls'")
+        return self
+
+    def text(self) -> str:
+        """The message's text parts joined, for providers and estimates."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+class FunctionDefinition(_Open):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Open):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(_Open):
+    name: str
+
+
+class ToolChoiceNamed(_Open):
+    type: Literal["function"] = "function"
+    function: ToolChoiceFunction
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class ChatCompletionRequest(_Open):
+    """An OpenAI chat completion request, validated once at the edge."""
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceNamed | None = None
+    response_format: ResponseFormat | None = None
+    seed: int | None = None
+    user: str | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
+
+    @property
+    def output_cap(self) -> int | None:
+        """The client's cap on generated tokens, whichever field it used."""
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def stop_sequences(self) -> list[str]:
+        """`stop` as a list."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def wants_usage_chunk(self) -> bool:
+        """Whether a streamed answer should end with a usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class Usage(_Open):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ResponseMessage(_Open):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
+
+
+class Choice(_Open):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: str | None = "stop"
+    logprobs: Any = None
+
+
+def now() -> int:
+    """Seconds since the epoch, as OpenAI's `created`."""
+    return int(time.time())
+
+
+def new_id(prefix: str = "chatcmpl") -> str:
+    """A fresh completion id in OpenAI's style."""
+    import os
+
+    return f"{prefix}-{os.urandom(12).hex()}"
+
+
+class ChatCompletion(_Open):
+    """A whole, non-streamed chat completion."""
+
+    id: str = Field(default_factory=new_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=now)
+    model: str = ""
+    choices: list[Choice]
+    usage: Usage | None = None
+
+
+class DeltaFunction(_Open):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(_Open):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction | None = None
+
+
+class Delta(_Open):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
+    refusal: str | None = None
+
+
+class ChunkChoice(_Open):
+    index: int = 0
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: Any = None
+
+
+class ChatCompletionChunk(_Open):
+    """One streamed chunk; a usage chunk has no choices and a `usage`."""
+
+    id: str = ""
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=now)
+    model: str = ""
+    choices: list[ChunkChoice] = Field(default_factory=list)
+    usage: Usage | None = None

@@ -1,0 +1,271 @@
+"""The Provider protocol, the shared HTTP plumbing of built-ins, and the registry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+
+from axione_asgi.config import ProviderConfig
+from axione_asgi.errors import (
+    AxioneError,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    ProviderUnavailable,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+    scrub_secrets,
+)
+from axione_asgi.openai_types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+
+__all__ = [
+    "HTTPProvider",
+    "ModelRoute",
+    "Provider",
+    "ProviderRegistry",
+]
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A chat backend. Built-ins and a user's own providers implement exactly this.
+
+    `model` is the provider-local public name (`gpt-4o` of `openai/gpt-4o`);
+    the provider maps it to its upstream's id. Errors are raised as
+    `axione_asgi.errors.AxioneError` subclasses.
+    """
+
+    def models(self) -> Sequence[str]:
+        """The public model names this provider serves."""
+        ...
+
+    async def chat(self, request: ChatCompletionRequest, model: str) -> ChatCompletion:
+        """One whole completion."""
+        ...
+
+    def stream(self, request: ChatCompletionRequest, model: str) -> AsyncIterator[ChatCompletionChunk]:
+        """Chunks as the upstream produces them, ending with a usage-only chunk."""
+        ...
+
+    async def open(self) -> None:
+        """Acquire resources (connection pools); called once at start-up."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release them; called once at shutdown."""
+        ...
+
+
+class HTTPProvider:
+    """Shared plumbing for built-ins that call an HTTP upstream with one pooled client.
+
+    Subclasses translate; this class owns the client, the model mapping and the
+    mapping of transport failures and upstream statuses to SPEC errors.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        *,
+        api_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.api_key = api_key
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate to the upstream; subclasses override."""
+        return {}
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        cfg = self.config
+        self._client = httpx.AsyncClient(
+            base_url=cfg.resolved_base_url(),
+            headers={**self.auth_headers(), **cfg.headers},
+            timeout=httpx.Timeout(cfg.timeout_s, connect=cfg.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=cfg.max_connections,
+                max_keepalive_connections=cfg.max_connections,
+                keepalive_expiry=30,
+            ),
+            transport=self._transport,
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise ProviderUnavailable(f"Provider '{self.name}' is not started")
+        return self._client
+
+    # -- models --------------------------------------------------------------
+    def models(self) -> Sequence[str]:
+        return list(self.config.models)
+
+    def upstream_model(self, model: str) -> str:
+        """The upstream's own id for a public model name."""
+        try:
+            return self.config.models[model]
+        except KeyError:
+            raise ModelNotFound(f"{self.name}/{model}") from None
+
+    # -- errors --------------------------------------------------------------
+    def scrub(self, text: str) -> str:
+        return scrub_secrets(text, self.api_key or "")
+
+    def upstream_message(self, body: bytes) -> str:
+        """The human message inside an upstream error body; subclasses refine."""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return body[:300].decode("utf-8", "replace").strip()
+        if isinstance(data, list) and data:
+            data = data[0]
+        if isinstance(data, dict):
+            err = data.get("error", data)
+            if isinstance(err, dict):
+                msg = err.get("message") or err.get("detail")
+                if isinstance(msg, str):
+                    return msg
+            if isinstance(err, str):
+                return err
+            detail = data.get("detail") or data.get("message")
+            if isinstance(detail, str):
+                return detail
+        return ""
+
+    def error_for_status(self, status: int, body: bytes, headers: Mapping[str, str]) -> AxioneError:
+        """Map an upstream error answer to the SPEC error the client sees."""
+        detail = self.scrub(self.upstream_message(body))
+        said = f": {detail}" if detail else ""
+        who = f"Provider '{self.name}'"
+        if status in (401, 403):
+            return UpstreamError(
+                f"{who} rejected the gateway's credentials (upstream status {status})",
+                code="upstream_auth_failed",
+            )
+        if status == 429:
+            retry = headers.get("retry-after")
+            return RateLimited(
+                f"{who} is rate limiting requests{said}",
+                code="upstream_rate_limited",
+                headers={"retry-after": retry} if retry else None,
+            )
+        if status == 404:
+            return NotFound(f"{who} answered 404{said}", code="model_not_found")
+        if status in (400, 413, 422):
+            return InvalidRequest(f"{who} rejected the request{said}", code="upstream_invalid_request")
+        if status == 504 or status == 408:
+            return UpstreamTimeout(f"{who} timed out (upstream status {status}){said}")
+        if status in (503, 529):
+            return UpstreamError(f"{who} is overloaded (upstream status {status}){said}",
+                                 code="upstream_overloaded", status=503)
+        return UpstreamError(f"{who} failed with status {status}{said}")
+
+    @contextmanager
+    def transport_errors(self) -> Iterator[None]:
+        """Turn httpx's transport failures into SPEC errors, naming no secret."""
+        try:
+            yield
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(f"Provider '{self.name}' did not answer in time") from None
+        except httpx.ConnectError:
+            raise ProviderUnavailable(f"Provider '{self.name}' could not be reached") from None
+        except httpx.TransportError as exc:
+            raise UpstreamError(
+                f"Provider '{self.name}' connection failed: {type(exc).__name__}"
+            ) from None
+
+    # -- calls ---------------------------------------------------------------
+    async def post_json(self, path: str, payload: Any, **kwargs: Any) -> Any:
+        """POST JSON, return the decoded JSON answer or raise the mapped error."""
+        with self.transport_errors():
+            response = await self.client.post(path, json=payload, **kwargs)
+        if response.status_code >= 400:
+            raise self.error_for_status(response.status_code, response.content, response.headers)
+        try:
+            return response.json()
+        except ValueError:
+            raise UpstreamError(f"Provider '{self.name}' answered with invalid JSON") from None
+
+    @asynccontextmanager
+    async def post_stream(self, path: str, payload: Any, **kwargs: Any) -> AsyncIterator[
+        AsyncIterator[str]
+    ]:
+        """POST JSON and yield the answer's lines once the status is known good.
+
+        Errors before the first byte raise here, so the router can still answer
+        with a proper status; transport failures mid-stream raise from the lines.
+        """
+        with self.transport_errors():
+            async with self.client.stream("POST", path, json=payload, **kwargs) as response:
+                if response.status_code >= 400:
+                    body = await response.aread()
+                    raise self.error_for_status(response.status_code, body, response.headers)
+                yield self._lines(response)
+
+    async def _lines(self, response: httpx.Response) -> AsyncIterator[str]:
+        with self.transport_errors():
+            async for line in response.aiter_lines():
+                yield line
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """Where a public `provider/model` id goes."""
+
+    public_id: str
+    provider_name: str
+    model: str
+    provider: Provider
+
+
+class ProviderRegistry:
+    """Resolves `provider/model` ids to providers; built once at start-up."""
+
+    def __init__(self, providers: Mapping[str, Provider]) -> None:
+        self.providers = dict(providers)
+        self._routes: dict[str, ModelRoute] = {}
+        for pname, provider in self.providers.items():
+            for model in provider.models():
+                public = f"{pname}/{model}"
+                self._routes[public] = ModelRoute(public, pname, model, provider)
+
+    def resolve(self, public_id: str) -> ModelRoute:
+        """The route for a public id, or `ModelNotFound`."""
+        route = self._routes.get(public_id)
+        if route is None:
+            raise ModelNotFound(public_id)
+        return route
+
+    def routes(self) -> list[ModelRoute]:
+        """Every model, in registration order."""
+        return list(self._routes.values())
+
+    async def open_all(self) -> None:
+        for provider in self.providers.values():
+            await provider.open()
+
+    async def close_all(self) -> None:
+        for provider in self.providers.values():
+            await provider.aclose()
+
+
+ProviderFactory = Callable[..., Provider]

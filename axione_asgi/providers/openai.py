@@ -1,0 +1,102 @@
+"""The OpenAI wire format: `openai`, `openai-compatible` and `mistral` kinds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from axione_asgi.errors import UpstreamError
+from axione_asgi.openai_types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from axione_asgi.providers.base import HTTPProvider
+from axione_asgi.sse import aiter_sse
+
+__all__ = ["MistralProvider", "OpenAIProvider"]
+
+
+class OpenAIProvider(HTTPProvider):
+    """Any upstream that speaks OpenAI's `POST {base}/chat/completions`.
+
+    Unknown request fields pass through untouched: the upstream decides.
+    """
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def payload(self, request: ChatCompletionRequest, model: str, *, stream: bool) -> dict[str, Any]:
+        """The upstream body: the client's request with the upstream model id."""
+        data = request.model_dump(exclude_unset=True)
+        data["model"] = self.upstream_model(model)
+        if stream:
+            data["stream"] = True
+            # Always ask for usage, so tokens are counted even when the client
+            # did not ask; the router hides the usage chunk from such a client.
+            data["stream_options"] = {**data.get("stream_options", {}), "include_usage": True}
+        else:
+            data.pop("stream", None)
+            data.pop("stream_options", None)
+        return data
+
+    async def chat(self, request: ChatCompletionRequest, model: str) -> ChatCompletion:
+        answer = await self.post_json("/chat/completions", self.payload(request, model, stream=False))
+        try:
+            return ChatCompletion.model_validate(answer)
+        except ValidationError:
+            raise UpstreamError(
+                f"Provider '{self.name}' answered with a malformed chat completion"
+            ) from None
+
+    async def stream(
+        self, request: ChatCompletionRequest, model: str
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        payload = self.payload(request, model, stream=True)
+        async with self.post_stream("/chat/completions", payload) as lines:
+            async for event in aiter_sse(lines):
+                if event.data == "[DONE]":
+                    return
+                yield self._chunk(event.data)
+
+    def _chunk(self, data: str) -> ChatCompletionChunk:
+        try:
+            return ChatCompletionChunk.model_validate_json(data)
+        except ValidationError:
+            pass
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and "error" in parsed:
+            raise UpstreamError(
+                f"Provider '{self.name}' reported an error mid-stream: "
+                f"{self.scrub(self.upstream_message(data.encode()))}"
+            )
+        raise UpstreamError(f"Provider '{self.name}' sent a malformed stream chunk")
+
+
+# Mistral answers 422 to fields it does not know, so only these are sent.
+_MISTRAL_FIELDS = frozenset(
+    {
+        "model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop",
+        "random_seed", "response_format", "tools", "tool_choice", "presence_penalty",
+        "frequency_penalty", "n", "parallel_tool_calls", "prediction", "safe_prompt",
+    }
+)
+
+
+class MistralProvider(OpenAIProvider):
+    """Mistral's OpenAI-like API, with the fields it rejects dropped or renamed."""
+
+    def payload(self, request: ChatCompletionRequest, model: str, *, stream: bool) -> dict[str, Any]:
+        data = super().payload(request, model, stream=stream)
+        if "seed" in data:
+            data["random_seed"] = data.pop("seed")
+        if "max_completion_tokens" in data:
+            cap = data.pop("max_completion_tokens")
+            data.setdefault("max_tokens", cap)
+        for message in data["messages"]:
+            if message.get("role") == "developer":
+                message["role"] = "system"
+        # Mistral streams usage in its last chunk without being asked.
+        return {k: v for k, v in data.items() if k in _MISTRAL_FIELDS}

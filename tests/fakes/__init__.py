@@ -1,0 +1,1 @@
+"""Fakes of the upstreams: small ASGI apps that speak each provider's real wire format."""
