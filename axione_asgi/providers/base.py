@@ -109,8 +109,14 @@ class HTTPProvider:
             await self._client.aclose()
             self._client = None
 
+    #: Whether calls need an upstream key (local OpenAI-compatible servers do not).
+    requires_key = True
+
     @property
     def client(self) -> httpx.AsyncClient:
+        if self.requires_key and not self.api_key:
+            env = f": set {self.config.api_key_env}" if self.config.api_key_env else ""
+            raise ProviderUnavailable(f"Provider '{self.name}' has no API key configured{env}")
         if self._client is None:
             raise ProviderUnavailable(f"Provider '{self.name}' is not started")
         return self._client

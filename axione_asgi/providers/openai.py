@@ -22,6 +22,10 @@ class OpenAIProvider(HTTPProvider):
     Unknown request fields pass through untouched: the upstream decides.
     """
 
+    @property
+    def requires_key(self) -> bool:  # type: ignore[override]
+        return self.config.kind != "openai-compatible"
+
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 

@@ -1,0 +1,132 @@
+"""create_app(): the router wrapped in the middleware stack, and its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from axione_asgi.config import AxioneConfig
+from axione_asgi.keys import KeyStore
+from axione_asgi.middleware.auth import KeyAuthMiddleware
+from axione_asgi.middleware.errors import ErrorFormatMiddleware
+from axione_asgi.middleware.quota import TierQuotaMiddleware
+from axione_asgi.providers.base import Provider, ProviderRegistry
+from axione_asgi.providers.factory import build_providers
+from axione_asgi.quota import QuotaService
+from axione_asgi.quota.service import Clock
+from axione_asgi.routes import GatewayRoutes
+from axione_asgi.stores import open_key_store
+
+__all__ = ["AxioneApp", "Runtime", "create_app"]
+
+
+class Runtime:
+    """What one gateway app owns: providers, key store, quota. Starts once, stops once."""
+
+    def __init__(self, registry: ProviderRegistry, key_store: KeyStore, quota: QuotaService) -> None:
+        self.registry = registry
+        self.key_store = key_store
+        self.quota = quota
+        self.started = False
+        self._lock = anyio.Lock()
+
+    async def start(self) -> None:
+        """Open provider clients and stores; safe to call many times."""
+        if self.started:
+            return
+        async with self._lock:
+            if self.started:
+                return
+            await self.registry.open_all()
+            await self.quota.start()
+            self.started = True
+
+    async def stop(self) -> None:
+        """Flush and close everything; the app can start again afterwards."""
+        async with self._lock:
+            if not self.started:
+                return
+            self.started = False
+            with anyio.CancelScope(shield=True):
+                await self.quota.stop()
+                await self.registry.close_all()
+
+
+class _StartOnFirstRequest:
+    """Starts the runtime on first use when no lifespan reached the app (mounted apps)."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.runtime.started and scope["type"] == "http":
+            await self.runtime.start()
+        await self.app(scope, receive, send)
+
+
+class AxioneApp(Starlette):
+    """The gateway: a Starlette app serving its routes at its own root.
+
+    Mount it anywhere. Starlette does not pass lifespan events to mounted apps,
+    so give the host `lifespan=api.lifespan` (or enter `api.lifespan(host)`
+    inside the host's own) to open provider clients at start-up and flush the
+    ledger at shutdown; without it the gateway starts on its first request.
+    """
+
+    runtime: Runtime
+    key_auth: KeyAuthMiddleware | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, host: Any = None) -> AsyncIterator[None]:
+        """Runs the gateway for as long as the context is open."""
+        await self.runtime.start()
+        try:
+            yield
+        finally:
+            await self.runtime.stop()
+
+
+def create_app(
+    config: AxioneConfig | None = None,
+    *,
+    providers: Mapping[str, Provider] | None = None,
+    key_store: KeyStore | None = None,
+    clock: Clock | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AxioneApp:
+    """Build the gateway app for `config` (the pydantic defaults when None).
+
+    `providers` adds or replaces backends by provider name; `key_store`
+    replaces the store `storage.keys` names; `clock` returns an aware UTC
+    datetime (tests move days with it); `environ` is where provider keys are
+    read (the process environment by default).
+    """
+    config = config or AxioneConfig()
+    built = build_providers(config, os.environ if environ is None else environ)
+    built.update(providers or {})
+    registry = ProviderRegistry(built)
+    store = key_store or open_key_store(config.storage.keys, config.keys)
+    quota = QuotaService(config, key_store=store, clock=clock)
+    runtime = Runtime(registry, store, quota)
+    routes = GatewayRoutes(registry, quota, max_body_bytes=config.max_body_bytes)
+
+    app = AxioneApp(
+        routes=routes.routes(),
+        middleware=[
+            Middleware(ErrorFormatMiddleware),
+            Middleware(_StartOnFirstRequest, runtime=runtime),
+            Middleware(KeyAuthMiddleware, key_store=store, cache_ttl=config.key_cache_ttl_s),
+            Middleware(TierQuotaMiddleware, service=quota),
+        ],
+    )
+    app.runtime = runtime
+    app.router.lifespan_context = app.lifespan
+    return app

@@ -1,0 +1,1 @@
+"""The pure-ASGI middleware: error format, key auth, tier quota."""

@@ -1,0 +1,102 @@
+"""KeyAuthMiddleware: resolves the bearer key through a TTL cache in front of a KeyStore."""
+
+from __future__ import annotations
+
+from cachetools import TTLCache
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from axione_asgi.errors import AuthenticationFailed
+from axione_asgi.keys import KeyRecord, KeyStore, hash_key, hashes_equal
+from axione_asgi.middleware.errors import send_error
+from axione_asgi.scope import KEY, state_of
+
+__all__ = ["KeyAuthMiddleware"]
+
+_MISSING = AuthenticationFailed(
+    "Missing API key: send it as 'Authorization: Bearer sk-...'", code="missing_api_key"
+)
+
+
+class KeyAuthMiddleware:
+    """Puts the caller's `KeyRecord` in the scope, or answers 401.
+
+    Lookups are cached for `cache_ttl` seconds, so a revocation or tier change
+    made elsewhere (another worker, the CLI) takes effect within that time.
+    Unknown keys are remembered for at most one second, so a key made by the
+    CLI works almost at once.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        key_store: KeyStore,
+        *,
+        cache_ttl: float = 5.0,
+        cache_size: int = 100_000,
+    ) -> None:
+        self.app = app
+        self.key_store = key_store
+        self._known: TTLCache[str, KeyRecord] | None = (
+            TTLCache(cache_size, cache_ttl) if cache_ttl > 0 else None
+        )
+        self._unknown: TTLCache[str, bool] | None = (
+            TTLCache(cache_size, min(cache_ttl, 1.0)) if cache_ttl > 0 else None
+        )
+
+    def forget(self, key_hash: str | None = None) -> None:
+        """Drop cached lookups (one key, or all), e.g. after an admin change."""
+        for cache in (self._known, self._unknown):
+            if cache is None:
+                continue
+            if key_hash is None:
+                cache.clear()
+            else:
+                cache.pop(key_hash, None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        secret = _bearer(scope)
+        if not secret:
+            await send_error(send, _MISSING)
+            return
+        record = await self._resolve(hash_key(secret))
+        if record is None or record.revoked:
+            await send_error(
+                send,
+                AuthenticationFailed(
+                    "Incorrect API key provided" if record is None else "This API key was revoked",
+                    code="invalid_api_key",
+                ),
+            )
+            return
+        state_of(scope)[KEY] = record
+        await self.app(scope, receive, send)
+
+    async def _resolve(self, key_hash: str) -> KeyRecord | None:
+        if self._known is not None:
+            cached = self._known.get(key_hash)
+            if cached is not None:
+                return cached
+            if key_hash in self._unknown:  # type: ignore[operator]
+                return None
+        record = await self.key_store.get_by_hash(key_hash)
+        if record is not None and not hashes_equal(record.key_hash, key_hash):
+            record = None
+        if self._known is not None:
+            if record is None:
+                self._unknown[key_hash] = True  # type: ignore[index]
+            else:
+                self._known[key_hash] = record
+        return record
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+            return token.strip() or None
+    return None

@@ -1,0 +1,115 @@
+"""ErrorFormatMiddleware: every error below becomes SPEC's JSON; stamps x-request-id."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from axione_asgi.errors import AxioneError, error_body
+from axione_asgi.scope import REQUEST_ID, state_of
+
+__all__ = ["ErrorFormatMiddleware", "send_error"]
+
+logger = logging.getLogger("axione")
+
+_JSON = b"application/json"
+_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 422: "invalid_value"}
+
+
+async def send_error(send: Send, exc: AxioneError, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Send `exc` as a whole JSON response."""
+    body = exc.body()
+    headers = [
+        (b"content-type", _JSON),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in exc.headers.items()),
+        *(extra_headers or []),
+    ]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ErrorFormatMiddleware:
+    """The outermost layer: no error leaves the gateway in any other shape.
+
+    Raised `AxioneError`s become their JSON; unexpected exceptions become a 500
+    `api_error` naming the request id (the traceback goes to the log only);
+    error responses from below that are not JSON (Starlette's 404 and 405, a
+    host route's plain-text error) are rewritten into SPEC's JSON.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + os.urandom(12).hex()
+        state_of(scope)[REQUEST_ID] = request_id
+        stamp = (b"x-request-id", request_id.encode())
+        started = False
+        held: Message | None = None  # a non-JSON error start, kept until its body is read
+        held_body = bytearray()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started, held
+            if message["type"] == "http.response.start":
+                started = True
+                headers = message.setdefault("headers", [])
+                if message["status"] >= 400 and not _is_json(headers):
+                    held = message
+                    return
+                headers.append(stamp)
+                await send(message)
+            elif held is not None and message["type"] == "http.response.body":
+                held_body.extend(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await _send_rewritten(send, held, bytes(held_body), scope, stamp)
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except AxioneError as exc:
+            if started:
+                raise
+            await send_error(send, exc, [stamp])
+        except Exception:
+            logger.exception("unhandled error in request %s", request_id)
+            if started:
+                raise
+            exc = AxioneError(f"The gateway failed unexpectedly; request id {request_id}")
+            await send_error(send, exc, [stamp])
+
+
+def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(k.lower() == b"content-type" and _JSON in v for k, v in headers)
+
+
+async def _send_rewritten(
+    send: Send, start: Message, body: bytes, scope: Scope, stamp: tuple[bytes, bytes]
+) -> None:
+    status: int = start["status"]
+    if status == 404:
+        message = f"Unknown path: {scope.get('method', '')} {scope.get('path', '')}"
+    elif status == 405:
+        message = f"Method {scope.get('method', '')} is not allowed on {scope.get('path', '')}"
+    else:
+        message = body[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
+    new_body = error_body(status, message, _CODES.get(status, "error" if status < 500 else "api_error"))
+    kept = [
+        (k, v)
+        for k, v in start.get("headers", [])
+        if k.lower() not in (b"content-type", b"content-length")
+    ]
+    headers = [
+        *kept,
+        (b"content-type", _JSON),
+        (b"content-length", str(len(new_body)).encode()),
+        stamp,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": new_body})

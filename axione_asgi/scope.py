@@ -1,0 +1,67 @@
+"""What the middleware and routes share through the ASGI scope, and how to read it."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from starlette.types import Scope
+
+from axione_asgi.keys import KeyRecord
+
+__all__ = [
+    "KEY",
+    "QUOTA",
+    "REQUEST_ID",
+    "QuotaHandle",
+    "key_of",
+    "quota_of",
+    "request_id_of",
+    "state_of",
+]
+
+KEY = "axione.key"
+QUOTA = "axione.quota"
+REQUEST_ID = "axione.request_id"
+
+
+class QuotaHandle(Protocol):
+    """What `TierQuotaMiddleware` lends the inner app for one request.
+
+    The route calls `admit` once it knows the request is valid and what it may
+    cost, and `report` with the real usage; the middleware settles when the
+    response ends or the client goes away. A route that never calls `admit` is
+    admitted at its first response message for one request and no tokens.
+    """
+
+    async def admit(
+        self, *, reserve_tokens: int = 0, model: str | None = None, provider: str | None = None
+    ) -> None:
+        """Count the request and reserve tokens, or raise `RateLimited`."""
+        ...
+
+    def report(self, *, prompt_tokens: int, completion_tokens: int, estimated: bool = False) -> None:
+        """Record the request's real token usage (replaces an earlier report)."""
+        ...
+
+
+def state_of(scope: Scope) -> dict[str, Any]:
+    """The scope's shared state dict (Starlette's `request.state` reads the same)."""
+    state: dict[str, Any] | None = scope.get("state")
+    if state is None:
+        state = scope["state"] = {}
+    return state
+
+
+def key_of(scope: Scope) -> KeyRecord | None:
+    """The key `KeyAuthMiddleware` resolved for this request."""
+    return state_of(scope).get(KEY)
+
+
+def quota_of(scope: Scope) -> QuotaHandle | None:
+    """The quota handle, when `TierQuotaMiddleware` is in the stack."""
+    return state_of(scope).get(QUOTA)
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The request id `ErrorFormatMiddleware` stamped."""
+    return state_of(scope).get(REQUEST_ID)
