@@ -47,8 +47,14 @@ class ErrorFormatMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        state = state_of(scope)
+        if REQUEST_ID in state:
+            # An outer ErrorFormatMiddleware (a host's, or the standalone
+            # server's) already owns this request.
+            await self.app(scope, receive, send)
+            return
         request_id = "req_" + os.urandom(12).hex()
-        state_of(scope)[REQUEST_ID] = request_id
+        state[REQUEST_ID] = request_id
         stamp = (b"x-request-id", request_id.encode())
         started = False
         held: Message | None = None  # a non-JSON error start, kept until its body is read
