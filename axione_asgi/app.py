@@ -30,7 +30,9 @@ __all__ = ["AxioneApp", "Runtime", "create_app"]
 class Runtime:
     """What one gateway app owns: providers, key store, quota. Starts once, stops once."""
 
-    def __init__(self, registry: ProviderRegistry, key_store: KeyStore, quota: QuotaService) -> None:
+    def __init__(
+        self, registry: ProviderRegistry, key_store: KeyStore, quota: QuotaService
+    ) -> None:
         self.registry = registry
         self.key_store = key_store
         self.quota = quota

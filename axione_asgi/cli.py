@@ -94,7 +94,9 @@ async def _keys_command(args: argparse.Namespace, config: AxioneConfig, store: K
         rows = [("ID", "NAME", "TIER", "PREFIX", "CREATED", "REVOKED")]
         for r in await store.list():
             created = r.created.strftime("%Y-%m-%d %H:%M:%S") if r.source == "store" else "(config)"
-            rows.append((r.id, r.name, str(r.tier), r.prefix, created, "yes" if r.revoked else "no"))
+            rows.append(
+                (r.id, r.name, str(r.tier), r.prefix, created, "yes" if r.revoked else "no")
+            )
         _print_table(rows)
         return 0
     if args.keys_command == "revoke":
@@ -146,7 +148,7 @@ async def _usage(args: argparse.Namespace, config: AxioneConfig) -> int:
     return 0
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -187,8 +189,11 @@ async def _first_key(config: AxioneConfig) -> None:
     if config.keys:
         return
     if config.storage.keys == "memory://":
-        print("axione: warning: keys are in memory and none are declared in [[keys]]: "
-              "no request can authenticate", flush=True)
+        print(
+            "axione: warning: keys are in memory and none are declared in [[keys]]: "
+            "no request can authenticate",
+            flush=True,
+        )
         return
     store = open_key_store(config.storage.keys)
     try:

@@ -62,7 +62,10 @@ _KNOWN_PROVIDERS: dict[str, dict[str, Any]] = {
     "mistral": {
         "kind": "mistral",
         "api_key_env": "MISTRAL_API_KEY",
-        "models": {"mistral-large": "mistral-large-latest", "mistral-small": "mistral-small-latest"},
+        "models": {
+            "mistral-large": "mistral-large-latest",
+            "mistral-small": "mistral-small-latest",
+        },
     },
 }
 

@@ -172,7 +172,9 @@ _STATUS_TYPES = {
 
 def error_body(status: int, message: str, code: str, param: str | None = None) -> bytes:
     """SPEC error JSON for a bare status, for errors that arrive as responses."""
-    etype = _STATUS_TYPES.get(status, "upstream_error" if status in (502, 503, 504) else "api_error")
+    etype = _STATUS_TYPES.get(
+        status, "upstream_error" if status in (502, 503, 504) else "api_error"
+    )
     return json.dumps(
         {"error": {"type": etype, "message": message, "code": code, "param": param}},
         ensure_ascii=False,

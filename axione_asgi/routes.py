@@ -6,7 +6,6 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator
-from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -69,7 +68,12 @@ def _param(loc: tuple[int | str, ...]) -> str | None:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif not part.startswith(("function-", "str", "list[", "literal[", "tagged-union", "is-instance")) and part not in ("text", "image_url", "other") or not out:
+        elif (
+            not part.startswith(
+                ("function-", "str", "list[", "literal[", "tagged-union", "is-instance")
+            )
+            and part not in ("text", "image_url", "other")
+        ) or not out:
             out += ("." if out else "") + part
     return out or None
 
@@ -87,7 +91,9 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
                 "The request body is not valid JSON", code="invalid_json"
             ) from None
         if first["type"] == "model_type" and not first["loc"]:
-            raise InvalidRequest("The request body must be a JSON object", code="invalid_json") from None
+            raise InvalidRequest(
+                "The request body must be a JSON object", code="invalid_json"
+            ) from None
         param = _param(tuple(first["loc"]))
         code = "missing_field" if first["type"] == "missing" else "invalid_value"
         where = f"'{param}'" if param else "The request"
@@ -175,9 +181,16 @@ class GatewayRoutes:
         completion = await route.provider.chat(chat, route.model)
         completion.model = route.public_id
         if quota is not None:
-            _report(quota, completion.usage, prompt_estimate, completion.choices and sum(
-                len(c.message.content or "") for c in completion.choices
-            ) or 0)
+            _report(
+                quota,
+                completion.usage,
+                prompt_estimate,
+                (
+                    completion.choices
+                    and sum(len(c.message.content or "") for c in completion.choices)
+                )
+                or 0,
+            )
         return Response(completion.model_dump_json(exclude_none=True), media_type=JSON)
 
     async def _stream(
@@ -256,5 +269,3 @@ async def _events(
         closer = getattr(chunks, "aclose", None)
         if closer is not None:
             await closer()
-
-

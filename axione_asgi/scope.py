@@ -39,7 +39,9 @@ class QuotaHandle(Protocol):
         """Count the request and reserve tokens, or raise `RateLimited`."""
         ...
 
-    def report(self, *, prompt_tokens: int, completion_tokens: int, estimated: bool = False) -> None:
+    def report(
+        self, *, prompt_tokens: int, completion_tokens: int, estimated: bool = False
+    ) -> None:
         """Record the request's real token usage (replaces an earlier report)."""
         ...
 

@@ -15,10 +15,17 @@ __all__ = ["ErrorFormatMiddleware", "send_error"]
 logger = logging.getLogger("axione")
 
 _JSON = b"application/json"
-_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 422: "invalid_value"}
+_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    422: "invalid_value",
+}
 
 
-async def send_error(send: Send, exc: AxioneError, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_error(
+    send: Send, exc: AxioneError, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """Send `exc` as a whole JSON response."""
     body = exc.body()
     headers = [
@@ -87,8 +94,8 @@ class ErrorFormatMiddleware:
             logger.exception("unhandled error in request %s", request_id)
             if started:
                 raise
-            exc = AxioneError(f"The gateway failed unexpectedly; request id {request_id}")
-            await send_error(send, exc, [stamp])
+            failure = AxioneError(f"The gateway failed unexpectedly; request id {request_id}")
+            await send_error(send, failure, [stamp])
 
 
 def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -105,7 +112,9 @@ async def _send_rewritten(
         message = f"Method {scope.get('method', '')} is not allowed on {scope.get('path', '')}"
     else:
         message = body[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
-    new_body = error_body(status, message, _CODES.get(status, "error" if status < 500 else "api_error"))
+    new_body = error_body(
+        status, message, _CODES.get(status, "error" if status < 500 else "api_error")
+    )
     kept = [
         (k, v)
         for k, v in start.get("headers", [])

@@ -49,7 +49,9 @@ class Provider(Protocol):
         """One whole completion."""
         ...
 
-    def stream(self, request: ChatCompletionRequest, model: str) -> AsyncIterator[ChatCompletionChunk]:
+    def stream(
+        self, request: ChatCompletionRequest, model: str
+    ) -> AsyncIterator[ChatCompletionChunk]:
         """Chunks as the upstream produces them, ending with a usage-only chunk."""
         ...
 
@@ -177,12 +179,17 @@ class HTTPProvider:
         if status == 404:
             return NotFound(f"{who} answered 404{said}", code="model_not_found")
         if status in (400, 413, 422):
-            return InvalidRequest(f"{who} rejected the request{said}", code="upstream_invalid_request")
+            return InvalidRequest(
+                f"{who} rejected the request{said}", code="upstream_invalid_request"
+            )
         if status == 504 or status == 408:
             return UpstreamTimeout(f"{who} timed out (upstream status {status}){said}")
         if status in (503, 529):
-            return UpstreamError(f"{who} is overloaded (upstream status {status}){said}",
-                                 code="upstream_overloaded", status=503)
+            return UpstreamError(
+                f"{who} is overloaded (upstream status {status}){said}",
+                code="upstream_overloaded",
+                status=503,
+            )
         return UpstreamError(f"{who} failed with status {status}{said}")
 
     @contextmanager
@@ -212,9 +219,9 @@ class HTTPProvider:
             raise UpstreamError(f"Provider '{self.name}' answered with invalid JSON") from None
 
     @asynccontextmanager
-    async def post_stream(self, path: str, payload: Any, **kwargs: Any) -> AsyncIterator[
-        AsyncIterator[str]
-    ]:
+    async def post_stream(
+        self, path: str, payload: Any, **kwargs: Any
+    ) -> AsyncIterator[AsyncIterator[str]]:
         """POST JSON and yield the answer's lines once the status is known good.
 
         Errors before the first byte raise here, so the router can still answer

@@ -136,7 +136,9 @@ class DemoProvider:
             if model not in self.models():
                 raise ModelNotFound(f"{self.name}/{model}")
             first = DeltaToolCall(
-                index=0, id=call.id, type="function",
+                index=0,
+                id=call.id,
+                type="function",
                 function=DeltaFunction(name=call.function.name, arguments=""),
             )
             yield ChatCompletionChunk(
@@ -152,10 +154,14 @@ class DemoProvider:
             )
             return
         pieces, finish = self._answer(request, model)
-        yield ChatCompletionChunk(id=cid, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
+        yield ChatCompletionChunk(
+            id=cid, choices=[ChunkChoice(delta=Delta(role="assistant", content=""))]
+        )
         produced = 0
         for piece in pieces:
             produced += count_tokens(piece)
             yield ChatCompletionChunk(id=cid, choices=[ChunkChoice(delta=Delta(content=piece))])
-        yield ChatCompletionChunk(id=cid, choices=[ChunkChoice(delta=Delta(), finish_reason=finish)])
+        yield ChatCompletionChunk(
+            id=cid, choices=[ChunkChoice(delta=Delta(), finish_reason=finish)]
+        )
         yield ChatCompletionChunk(id=cid, usage=self._usage(request, produced))

@@ -29,7 +29,9 @@ class OpenAIProvider(HTTPProvider):
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def payload(self, request: ChatCompletionRequest, model: str, *, stream: bool) -> dict[str, Any]:
+    def payload(
+        self, request: ChatCompletionRequest, model: str, *, stream: bool
+    ) -> dict[str, Any]:
         """The upstream body: the client's request with the upstream model id."""
         data = request.model_dump(exclude_unset=True)
         data["model"] = self.upstream_model(model)
@@ -44,7 +46,9 @@ class OpenAIProvider(HTTPProvider):
         return data
 
     async def chat(self, request: ChatCompletionRequest, model: str) -> ChatCompletion:
-        answer = await self.post_json("/chat/completions", self.payload(request, model, stream=False))
+        answer = await self.post_json(
+            "/chat/completions", self.payload(request, model, stream=False)
+        )
         try:
             return ChatCompletion.model_validate(answer)
         except ValidationError:
@@ -82,9 +86,23 @@ class OpenAIProvider(HTTPProvider):
 # Mistral answers 422 to fields it does not know, so only these are sent.
 _MISTRAL_FIELDS = frozenset(
     {
-        "model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop",
-        "random_seed", "response_format", "tools", "tool_choice", "presence_penalty",
-        "frequency_penalty", "n", "parallel_tool_calls", "prediction", "safe_prompt",
+        "model",
+        "messages",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "stream",
+        "stop",
+        "random_seed",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "presence_penalty",
+        "frequency_penalty",
+        "n",
+        "parallel_tool_calls",
+        "prediction",
+        "safe_prompt",
     }
 )
 
@@ -92,7 +110,9 @@ _MISTRAL_FIELDS = frozenset(
 class MistralProvider(OpenAIProvider):
     """Mistral's OpenAI-like API, with the fields it rejects dropped or renamed."""
 
-    def payload(self, request: ChatCompletionRequest, model: str, *, stream: bool) -> dict[str, Any]:
+    def payload(
+        self, request: ChatCompletionRequest, model: str, *, stream: bool
+    ) -> dict[str, Any]:
         data = super().payload(request, model, stream=stream)
         if "seed" in data:
             data["random_seed"] = data.pop("seed")

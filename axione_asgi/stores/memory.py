@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from axione_asgi.keys import KeyRecord, generate_key, hash_key, visible_prefix

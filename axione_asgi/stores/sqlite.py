@@ -92,7 +92,9 @@ class SQLiteKeyStore:
 
     async def get(self, key_id: str) -> KeyRecord | None:
         row = await self._run(
-            lambda c: c.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            lambda c: c.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
         )
         return None if row is None else _record(row)
 

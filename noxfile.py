@@ -1,0 +1,33 @@
+"""Tasks: tests, lint, typecheck, bench. `nox -s tests` installs what it needs."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite (needs Redis on 127.0.0.1:6379 for the shared-counter tests)."""
+    session.install("-e", ".[test,redis]")
+    session.run("pytest", *(session.posargs or ["-q", "-p", "no:cacheprovider"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", "axione_asgi", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "axione_asgi", "tests", "benchmarks", "examples")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[redis]", "mypy", "types-cachetools")
+    session.run("mypy", "--strict", "axione_asgi")
