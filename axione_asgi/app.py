@@ -118,7 +118,7 @@ def create_app(
     store = key_store or open_key_store(config.storage.keys, config.keys)
     quota = QuotaService(config, key_store=store, clock=clock)
     runtime = Runtime(registry, store, quota)
-    routes = GatewayRoutes(registry, quota, max_body_bytes=config.max_body_bytes)
+    routes = GatewayRoutes(registry, quota, config)
 
     app = AxioneApp(
         routes=routes.routes(),

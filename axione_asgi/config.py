@@ -15,6 +15,8 @@ __all__ = [
     "AxioneConfig",
     "ConfigError",
     "ProviderConfig",
+    "RequestLimits",
+    "RetryConfig",
     "StaticKey",
     "StorageConfig",
     "TierLimits",
@@ -93,6 +95,8 @@ class ProviderConfig(_Strict):
     # Anthropic requires max_tokens; this is sent when the client gives none.
     default_max_tokens: int = Field(default=4096, ge=1)
     max_connections: int = Field(default=256, ge=1)
+    # A stream whose first event takes longer than this is retried or falls back.
+    first_byte_timeout_s: float | None = Field(default=None, gt=0)
 
     def resolved_base_url(self) -> str:
         """The configured base URL, or the provider's public one."""
@@ -159,6 +163,24 @@ class StaticKey(_Strict):
     models: list[str] | None = None
 
 
+class RetryConfig(_Strict):
+    """Retries of retryable upstream failures (429, 5xx, timeouts, refused connections)."""
+
+    max_retries: int = Field(default=2, ge=0, le=10)
+    backoff_s: float = Field(default=0.25, ge=0)
+    backoff_max_s: float = Field(default=8.0, ge=0)
+    # Everything a request does upstream, retries and fallbacks included.
+    deadline_s: float = Field(default=120.0, gt=0)
+
+
+class RequestLimits(_Strict):
+    """Bounds on what a client may send."""
+
+    max_messages: int = Field(default=4096, ge=1)
+    # A body that trickles in slower than this is cut (slow-loris).
+    body_timeout_s: float = Field(default=30.0, gt=0)
+
+
 class AxioneConfig(_Strict):
     """The whole configuration; defaults serve the embedded case."""
 
@@ -172,6 +194,10 @@ class AxioneConfig(_Strict):
     tiers: dict[int, TierLimits] = Field(default_factory=dict)
     tier_policy: TierPolicy = Field(default_factory=TierPolicy)
     keys: list[StaticKey] = Field(default_factory=list)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    request: RequestLimits = Field(default_factory=RequestLimits)
+    # Per public model id, the models to try in order when it fails.
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("prefix")
     @classmethod

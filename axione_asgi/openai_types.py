@@ -170,6 +170,8 @@ class ChatCompletionRequest(_Open):
     seed: int | None = None
     user: str | None = None
     n: int | None = Field(default=None, ge=1, le=128)
+    # OpenRouter's convention: models to try in order. Never sent upstream.
+    models: list[str] | None = Field(default=None, exclude=True, max_length=16)
 
     @property
     def output_cap(self) -> int | None:

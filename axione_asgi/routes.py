@@ -5,21 +5,29 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
+import anyio
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive
 
+from axione_asgi.config import AxioneConfig
 from axione_asgi.errors import (
     AxioneError,
     InvalidRequest,
     ModelNotAllowed,
     ModelNotFound,
     RequestTooLarge,
+    UpstreamTimeout,
 )
+from axione_asgi.keys import KeyRecord
 from axione_asgi.openai_types import (
+    ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ImagePart,
@@ -28,12 +36,15 @@ from axione_asgi.openai_types import (
 )
 from axione_asgi.providers.base import ModelRoute, ProviderRegistry
 from axione_asgi.quota import QuotaService
+from axione_asgi.resilience import RetryPolicy, first_success
 from axione_asgi.scope import QuotaHandle, key_of, quota_of, request_id_of
 from axione_asgi.sse import DONE, encode_data
 
 __all__ = ["GatewayRoutes", "estimate_prompt_tokens", "parse_chat_request"]
 
 logger = logging.getLogger("axione")
+
+T = TypeVar("T")
 
 JSON = "application/json"
 # Reserved for the answer when a client sets no output cap.
@@ -63,19 +74,49 @@ def estimate_prompt_tokens(request: ChatCompletionRequest) -> int:
     return math.ceil(chars / 4) + 4 * len(request.messages) + images * IMAGE_TOKEN_ESTIMATE
 
 
+_UNION_LABEL = re.compile(
+    r"^(str|int|float|bool|none|list\[.*|dict\[.*|literal\[.*|tagged-union\[.*"
+    r"|function-.*|[A-Z]\w*)$"
+)
+
+
 def _param(loc: tuple[int | str, ...]) -> str | None:
+    """`messages[0].content` from pydantic's loc, without union member labels."""
     out = ""
+    drop_tag = False
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif (
-            not part.startswith(
-                ("function-", "str", "list[", "literal[", "tagged-union", "is-instance")
-            )
-            and part not in ("text", "image_url", "other")
-        ) or not out:
-            out += ("." if out else "") + part
+            continue
+        if _UNION_LABEL.match(part):
+            # The element after a tagged union's label is the tag, not a field.
+            drop_tag = drop_tag or "tagged-union[" in part
+            continue
+        if drop_tag:
+            drop_tag = False
+            continue
+        out += ("." if out else "") + part
     return out or None
+
+
+def _validation_error(exc: ValidationError) -> InvalidRequest:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    if first["type"] in ("json_invalid", "json_type"):
+        return InvalidRequest("The request body is not valid JSON", code="invalid_json")
+    if first["type"] == "model_type" and not first["loc"]:
+        return InvalidRequest("The request body must be a JSON object", code="invalid_json")
+    # The deepest error of a failed union says the most; its siblings at the
+    # same place say what else would have been accepted.
+    best = max(errors, key=lambda e: len(e["loc"]))
+    param = _param(tuple(best["loc"]))
+    same = [e["msg"] for e in errors if _param(tuple(e["loc"])) == param]
+    message = (
+        ", or ".join(dict.fromkeys(same)) if len(best["loc"]) == len(first["loc"]) else best["msg"]
+    )
+    code = "missing_field" if best["type"] == "missing" else "invalid_value"
+    where = f"'{param}'" if param else "The request"
+    return InvalidRequest(f"{where}: {message}", code=code, param=param)
 
 
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
@@ -85,45 +126,85 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate_json(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        if first["type"] in ("json_invalid", "json_type"):
-            raise InvalidRequest(
-                "The request body is not valid JSON", code="invalid_json"
-            ) from None
-        if first["type"] == "model_type" and not first["loc"]:
-            raise InvalidRequest(
-                "The request body must be a JSON object", code="invalid_json"
-            ) from None
-        param = _param(tuple(first["loc"]))
-        code = "missing_field" if first["type"] == "missing" else "invalid_value"
-        where = f"'{param}'" if param else "The request"
-        raise InvalidRequest(f"{where}: {first['msg']}", code=code, param=param) from None
+        raise _validation_error(exc) from None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing it as soon as it passes `limit` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, refusing it once it passes `limit` bytes or `timeout_s` seconds."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(f"The request body is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLarge(f"The request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    with anyio.move_on_after(timeout_s) as scope:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(f"The request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    if scope.cancelled_caught:
+        raise InvalidRequest(
+            f"The request body was not received within {timeout_s:g} seconds",
+            code="request_timeout",
+            status=408,
+        )
     return b"".join(chunks)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class ClientGone(Exception):
+    """The client went away before the answer was ready."""
+
+
+async def unless_disconnected(receive: Receive, work: Callable[[], Awaitable[T]]) -> T:
+    """`work()`, cancelled at once if the client disconnects meanwhile.
+
+    Only for after the body was read: from then on `receive` says nothing but
+    the disconnect, so no upstream work is left orphaned.
+    """
+    outcome: list[T] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await _until_disconnect(receive)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        outcome.append(await work())
+        tg.cancel_scope.cancel()
+    if not outcome:
+        raise ClientGone
+    return outcome[0]
+
+
+Opened = tuple[ChatCompletionChunk | None, AsyncIterator[ChatCompletionChunk]]
 
 
 class GatewayRoutes:
     """The gateway's endpoints over one provider registry and quota service."""
 
     def __init__(
-        self, registry: ProviderRegistry, quota: QuotaService, *, max_body_bytes: int
+        self, registry: ProviderRegistry, quota: QuotaService, config: AxioneConfig
     ) -> None:
         self.registry = registry
         self.quota = quota
-        self.max_body_bytes = max_body_bytes
+        self.config = config
+        self.max_body_bytes = config.max_body_bytes
+        self.retry = RetryPolicy(
+            max_retries=config.retry.max_retries,
+            backoff_s=config.retry.backoff_s,
+            backoff_max_s=config.retry.backoff_max_s,
+            deadline_s=config.retry.deadline_s,
+        )
+        self.first_byte_timeouts = {
+            name: cfg.first_byte_timeout_s
+            for name, cfg in config.providers.items()
+            if cfg.first_byte_timeout_s
+        }
         created = now()
         self._models = [
             {"id": r.public_id, "object": "model", "created": created, "owned_by": r.provider_name}
@@ -161,50 +242,88 @@ class GatewayRoutes:
         return Response(json.dumps(report).encode(), media_type=JSON)
 
     # -- /chat/completions ---------------------------------------------------
+    def candidates(self, chat: ChatCompletionRequest, key: KeyRecord | None) -> list[ModelRoute]:
+        """The models to try, in order: the request's, its `models`, the config's fallbacks."""
+        names = [chat.model, *(chat.models or ())]
+        names += [m for name in list(names) for m in self.config.fallbacks.get(name, ())]
+        routes: list[ModelRoute] = []
+        for name in dict.fromkeys(names):
+            route = self.registry.resolve(name)
+            if key is not None and not key.may_use(route.public_id):
+                raise ModelNotAllowed(route.public_id)
+            routes.append(route)
+        return routes
+
     async def chat_completions(self, request: Request) -> Response:
-        body = await read_body(request, self.max_body_bytes)
+        body = await read_body(request, self.max_body_bytes, self.config.request.body_timeout_s)
         chat = parse_chat_request(body)
-        route = self.registry.resolve(chat.model)
-        key = key_of(request.scope)
-        if key is not None and not key.may_use(route.public_id):
-            raise ModelNotAllowed(route.public_id)
+        if len(chat.messages) > self.config.request.max_messages:
+            raise InvalidRequest(
+                f"Too many messages: {len(chat.messages)} (the limit is "
+                f"{self.config.request.max_messages})",
+                param="messages",
+            )
+        candidates = self.candidates(chat, key_of(request.scope))
+        primary = candidates[0]
         prompt_estimate = estimate_prompt_tokens(chat)
         quota = quota_of(request.scope)
         if quota is not None:
             await quota.admit(
                 reserve_tokens=prompt_estimate + (chat.output_cap or DEFAULT_OUTPUT_RESERVE),
-                model=route.public_id,
-                provider=route.provider_name,
+                model=primary.public_id,
+                provider=primary.provider_name,
             )
         if chat.stream:
-            return await self._stream(chat, route, quota, prompt_estimate, request)
-        completion = await route.provider.chat(chat, route.model)
+            return await self._stream(chat, candidates, quota, prompt_estimate, request)
+
+        async def ask(route: ModelRoute) -> ChatCompletion:
+            return await route.provider.chat(chat, route.model)
+
+        try:
+            route, completion = await unless_disconnected(
+                request.receive, lambda: first_success(candidates, ask, self.retry)
+            )
+        except ClientGone:
+            if quota is not None:
+                quota.report(prompt_tokens=prompt_estimate, completion_tokens=0, estimated=True)
+            return Response(status_code=499)
         completion.model = route.public_id
         if quota is not None:
-            _report(
-                quota,
-                completion.usage,
-                prompt_estimate,
-                (
-                    completion.choices
-                    and sum(len(c.message.content or "") for c in completion.choices)
-                )
-                or 0,
-            )
+            chars_out = sum(len(c.message.content or "") for c in completion.choices)
+            _report(quota, completion.usage, prompt_estimate, chars_out)
         return Response(completion.model_dump_json(exclude_none=True), media_type=JSON)
+
+    async def _open_stream(self, chat: ChatCompletionRequest, route: ModelRoute) -> Opened:
+        chunks = aiter(route.provider.stream(chat, route.model))
+        # The first chunk is awaited here, so an upstream that fails before its
+        # first byte still gets a proper HTTP status, a retry or a fallback.
+        timeout = self.first_byte_timeouts.get(route.provider_name)
+        try:
+            with anyio.fail_after(timeout):
+                return await anext(chunks, None), chunks
+        except BaseException as exc:
+            closer = getattr(chunks, "aclose", None)
+            if closer is not None:
+                with anyio.CancelScope(shield=True):
+                    await closer()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(
+                    f"Provider '{route.provider_name}' sent nothing within {timeout:g} seconds"
+                ) from None
+            raise
 
     async def _stream(
         self,
         chat: ChatCompletionRequest,
-        route: ModelRoute,
+        candidates: list[ModelRoute],
         quota: QuotaHandle | None,
         prompt_estimate: int,
         request: Request,
     ) -> Response:
-        chunks = aiter(route.provider.stream(chat, route.model))
-        # The first chunk is awaited here, so an upstream that fails before its
-        # first byte still gets a proper HTTP error status.
-        first = await anext(chunks, None)
+        async def open_stream(route: ModelRoute) -> Opened:
+            return await self._open_stream(chat, route)
+
+        route, (first, chunks) = await first_success(candidates, open_stream, self.retry)
         events = _events(
             first, chunks, chat, route, quota, prompt_estimate, request_id_of(request.scope)
         )

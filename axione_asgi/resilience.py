@@ -1,0 +1,103 @@
+"""Retries with backoff and fallbacks across models, bounded by one deadline."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+
+from axione_asgi.errors import (
+    AxioneError,
+    InvalidRequest,
+    ProviderUnavailable,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from axione_asgi.providers.base import ModelRoute
+
+__all__ = ["RetryPolicy", "first_success", "is_retryable"]
+
+T = TypeVar("T")
+
+
+def is_retryable(exc: AxioneError) -> bool:
+    """Failures that may pass if the same upstream is asked again a little later."""
+    if isinstance(exc, UpstreamTimeout | ProviderUnavailable):
+        return True
+    if isinstance(exc, RateLimited):
+        return exc.code == "upstream_rate_limited"
+    if isinstance(exc, UpstreamError):
+        return exc.code != "upstream_auth_failed"
+    return False
+
+
+def _falls_back(exc: AxioneError) -> bool:
+    # A request the upstream found invalid is the client's to fix; anything
+    # else (down, overloaded, rate limited, misconfigured) may pass elsewhere.
+    return not isinstance(exc, InvalidRequest)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently one request retries.
+
+    Delays grow exponentially from `backoff_s` to `backoff_max_s` with full
+    jitter, or follow the upstream's `Retry-After` when it gives one; nothing
+    waits past `deadline_s` from the start of the request.
+    """
+
+    max_retries: int = 2
+    backoff_s: float = 0.25
+    backoff_max_s: float = 8.0
+    deadline_s: float = 120.0
+
+    def delay(self, attempt: int, exc: AxioneError) -> float:
+        """Seconds to wait before retry number `attempt` (0-based)."""
+        retry_after = exc.headers.get("retry-after") or exc.headers.get("Retry-After")
+        if retry_after:
+            try:
+                return max(0.0, float(retry_after))
+            except ValueError:
+                pass
+        cap = min(self.backoff_max_s, self.backoff_s * (2**attempt))
+        return random.uniform(cap / 2, cap)
+
+
+async def first_success(
+    candidates: Sequence[ModelRoute],
+    call: Callable[[ModelRoute], Awaitable[T]],
+    policy: RetryPolicy,
+) -> tuple[ModelRoute, T]:
+    """The first candidate whose `call` succeeds, retrying each on retryable failures.
+
+    Raises the last failure when every candidate failed, an `InvalidRequest`
+    at once, and `UpstreamTimeout` when the deadline passes.
+    """
+    deadline = anyio.current_time() + policy.deadline_s
+    last: AxioneError | None = None
+    for route in candidates:
+        for attempt in range(policy.max_retries + 1):
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                raise UpstreamTimeout("No upstream answered within the request deadline")
+            try:
+                with anyio.fail_after(remaining):
+                    return route, await call(route)
+            except TimeoutError:
+                raise UpstreamTimeout("No upstream answered within the request deadline") from None
+            except AxioneError as exc:
+                last = exc
+                if not _falls_back(exc):
+                    raise
+                if not is_retryable(exc) or attempt == policy.max_retries:
+                    break
+                pause = policy.delay(attempt, exc)
+                if anyio.current_time() + pause >= deadline:
+                    break
+                await anyio.sleep(pause)
+    assert last is not None, "first_success needs at least one candidate"
+    raise last
