@@ -24,7 +24,10 @@ from axione_asgi.quota.service import Clock
 from axione_asgi.routes import GatewayRoutes
 from axione_asgi.stores import open_key_store
 
-__all__ = ["AxioneApp", "Runtime", "create_app"]
+__all__ = ["PUBLIC_PATHS", "AxioneApp", "Runtime", "create_app"]
+
+# Served without a key: the API's own description.
+PUBLIC_PATHS = ("/openapi.json",)
 
 
 class Runtime:
@@ -125,7 +128,12 @@ def create_app(
         middleware=[
             Middleware(ErrorFormatMiddleware),
             Middleware(_StartOnFirstRequest, runtime=runtime),
-            Middleware(KeyAuthMiddleware, key_store=store, cache_ttl=config.key_cache_ttl_s),
+            Middleware(
+                KeyAuthMiddleware,
+                key_store=store,
+                cache_ttl=config.key_cache_ttl_s,
+                public_paths=PUBLIC_PATHS,
+            ),
             Middleware(TierQuotaMiddleware, service=quota),
         ],
     )

@@ -34,6 +34,7 @@ from axione_asgi.openai_types import (
     Usage,
     now,
 )
+from axione_asgi.openapi import openapi_document
 from axione_asgi.providers.base import ModelRoute, ProviderRegistry
 from axione_asgi.quota import QuotaService
 from axione_asgi.resilience import RetryPolicy, first_success
@@ -205,6 +206,7 @@ class GatewayRoutes:
             for name, cfg in config.providers.items()
             if cfg.first_byte_timeout_s
         }
+        self._openapi_body: bytes | None = None
         created = now()
         self._models = [
             {"id": r.public_id, "object": "model", "created": created, "owned_by": r.provider_name}
@@ -220,7 +222,14 @@ class GatewayRoutes:
             Route("/models", self.list_models, methods=["GET"]),
             Route("/models/{model_id:path}", self.get_model, methods=["GET"]),
             Route("/usage", self.usage, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
+
+    # -- /openapi.json (public) ----------------------------------------------
+    async def openapi(self, request: Request) -> Response:
+        if self._openapi_body is None:
+            self._openapi_body = json.dumps(openapi_document()).encode()
+        return Response(self._openapi_body, media_type=JSON)
 
     # -- /models -------------------------------------------------------------
     async def list_models(self, request: Request) -> Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from cachetools import TTLCache
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -23,7 +25,8 @@ class KeyAuthMiddleware:
     Lookups are cached for `cache_ttl` seconds, so a revocation or tier change
     made elsewhere (another worker, the CLI) takes effect within that time.
     Unknown keys are remembered for at most one second, so a key made by the
-    CLI works almost at once.
+    CLI works almost at once. Paths in `public_paths` (relative to the app's
+    mount point) pass without a key.
     """
 
     def __init__(
@@ -33,9 +36,11 @@ class KeyAuthMiddleware:
         *,
         cache_ttl: float = 5.0,
         cache_size: int = 100_000,
+        public_paths: Collection[str] = (),
     ) -> None:
         self.app = app
         self.key_store = key_store
+        self.public_paths = frozenset(public_paths)
         self._known: TTLCache[str, KeyRecord] | None = (
             TTLCache(cache_size, cache_ttl) if cache_ttl > 0 else None
         )
@@ -54,7 +59,9 @@ class KeyAuthMiddleware:
                 cache.pop(key_hash, None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            self.public_paths and _route_path(scope) in self.public_paths
+        ):
             await self.app(scope, receive, send)
             return
         secret = _bearer(scope)
@@ -90,6 +97,13 @@ class KeyAuthMiddleware:
             else:
                 self._known[key_hash] = record
         return record
+
+
+def _route_path(scope: Scope) -> str:
+    # Inside a Mount, `path` still holds the mount prefix and `root_path` names it.
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _bearer(scope: Scope) -> str | None:
