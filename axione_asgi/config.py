@@ -44,6 +44,10 @@ _KNOWN_PROVIDERS: dict[str, dict[str, Any]] = {
             "gpt-4.1-mini": "gpt-4.1-mini",
             "gpt-3.5-turbo": "gpt-3.5-turbo",
         },
+        "embedding_models": {
+            "text-embedding-3-small": "text-embedding-3-small",
+            "text-embedding-3-large": "text-embedding-3-large",
+        },
     },
     "anthropic": {
         "kind": "anthropic",
@@ -60,6 +64,7 @@ _KNOWN_PROVIDERS: dict[str, dict[str, Any]] = {
             "gemini-2.5-flash-lite": "gemini-2.5-flash-lite",
             "gemini-2.5-flash": "gemini-2.5-flash",
         },
+        "embedding_models": {"gemini-embedding-001": "gemini-embedding-001"},
     },
     "mistral": {
         "kind": "mistral",
@@ -68,6 +73,7 @@ _KNOWN_PROVIDERS: dict[str, dict[str, Any]] = {
             "mistral-large": "mistral-large-latest",
             "mistral-small": "mistral-small-latest",
         },
+        "embedding_models": {"mistral-embed": "mistral-embed"},
     },
 }
 
@@ -91,6 +97,8 @@ class ProviderConfig(_Strict):
     timeout_s: float = Field(default=60.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     models: dict[str, str] = Field(default_factory=dict)
+    # Embedding models, public name -> upstream id, served at /embeddings.
+    embedding_models: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     # Anthropic requires max_tokens; this is sent when the client gives none.
     default_max_tokens: int = Field(default=4096, ge=1)

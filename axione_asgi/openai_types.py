@@ -23,6 +23,10 @@ __all__ = [
     "Delta",
     "DeltaFunction",
     "DeltaToolCall",
+    "Embedding",
+    "EmbeddingRequest",
+    "EmbeddingResponse",
+    "EmbeddingUsage",
     "FunctionCall",
     "FunctionDefinition",
     "ImagePart",
@@ -269,3 +273,61 @@ class ChatCompletionChunk(_Open):
     model: str = ""
     choices: list[ChunkChoice] = Field(default_factory=list)
     usage: Usage | None = None
+
+
+EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+
+
+class EmbeddingRequest(_Open):
+    """An OpenAI embeddings request."""
+
+    model: str = Field(min_length=1)
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1, le=65536)
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _check_input(self) -> EmbeddingRequest:
+        if isinstance(self.input, list):
+            if not self.input:
+                raise ValueError("'input' must not be empty")
+            if len(self.input) > 2048:
+                raise ValueError("'input' holds at most 2048 items")
+        return self
+
+    def texts(self) -> list[str] | None:
+        """The inputs as strings, or None when they are token arrays."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(i, str) for i in self.input):
+            return [i for i in self.input if isinstance(i, str)]
+        return None
+
+    def item_count(self) -> int:
+        """How many vectors the answer holds."""
+        if isinstance(self.input, str):
+            return 1
+        if all(isinstance(i, int) for i in self.input):
+            return 1
+        return len(self.input)
+
+
+class Embedding(_Open):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(_Open):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class EmbeddingResponse(_Open):
+    """An OpenAI embeddings answer."""
+
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str = ""
+    usage: EmbeddingUsage = Field(default_factory=EmbeddingUsage)

@@ -1,16 +1,18 @@
-"""The HTTP routes: /chat/completions, /models, /usage. Joins providers to HTTP."""
+"""The HTTP routes: /chat/completions, /embeddings, /models, /usage. Joins providers to HTTP."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
 import re
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import anyio
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -30,6 +32,8 @@ from axione_asgi.openai_types import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
     ImagePart,
     Usage,
     now,
@@ -41,7 +45,7 @@ from axione_asgi.resilience import RetryPolicy, first_success
 from axione_asgi.scope import QuotaHandle, key_of, quota_of, request_id_of
 from axione_asgi.sse import DONE, encode_data
 
-__all__ = ["GatewayRoutes", "estimate_prompt_tokens", "parse_chat_request"]
+__all__ = ["GatewayRoutes", "estimate_prompt_tokens", "parse_body", "parse_chat_request"]
 
 logger = logging.getLogger("axione")
 
@@ -120,14 +124,32 @@ def _validation_error(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"{where}: {message}", code=code, param=param)
 
 
-def parse_chat_request(body: bytes) -> ChatCompletionRequest:
-    """Parse and validate a chat request body, or raise a SPEC 400."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    """Parse and validate a JSON body into `model`, or raise a SPEC 400."""
     if not body.strip():
         raise InvalidRequest("The request body is empty; send a JSON object", code="invalid_json")
     try:
-        return ChatCompletionRequest.model_validate_json(body)
+        return model.model_validate_json(body)
     except ValidationError as exc:
         raise _validation_error(exc) from None
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Parse and validate a chat request body, or raise a SPEC 400."""
+    return parse_body(ChatCompletionRequest, body)
+
+
+def _token_count(embed: EmbeddingRequest) -> int:
+    items = embed.input if isinstance(embed.input, list) else []
+    return sum(len(i) if isinstance(i, list) else 1 for i in items)
+
+
+def _base64_floats(vector: list[float]) -> str:
+    # OpenAI's base64 encoding: the little-endian float32 array.
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -221,6 +243,7 @@ class GatewayRoutes:
             Route("/chat/completions", self.chat_completions, methods=["POST"]),
             Route("/models", self.list_models, methods=["GET"]),
             Route("/models/{model_id:path}", self.get_model, methods=["GET"]),
+            Route("/embeddings", self.embeddings, methods=["POST"]),
             Route("/usage", self.usage, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
@@ -249,6 +272,38 @@ class GatewayRoutes:
             raise InvalidRequest("/usage needs an authenticated key", code="missing_api_key")
         report = await self.quota.usage(key)
         return Response(json.dumps(report).encode(), media_type=JSON)
+
+    # -- /embeddings ---------------------------------------------------------
+    async def embeddings(self, request: Request) -> Response:
+        body = await read_body(request, self.max_body_bytes, self.config.request.body_timeout_s)
+        embed = parse_body(EmbeddingRequest, body)
+        route = self.registry.resolve_embedding(embed.model)
+        key = key_of(request.scope)
+        if key is not None and not key.may_use(route.public_id):
+            raise ModelNotAllowed(route.public_id)
+        texts = embed.texts()
+        estimate = (
+            math.ceil(sum(len(t) for t in texts) / 4) if texts is not None else _token_count(embed)
+        )
+        quota = quota_of(request.scope)
+        if quota is not None:
+            await quota.admit(
+                reserve_tokens=estimate, model=route.public_id, provider=route.provider_name
+            )
+
+        async def ask(r: ModelRoute) -> EmbeddingResponse:
+            return await r.embedder.embed(embed, r.model)
+
+        route, answer = await first_success([route], ask, self.retry)
+        answer.model = route.public_id
+        if embed.encoding_format == "base64":
+            for item in answer.data:
+                if isinstance(item.embedding, list):
+                    item.embedding = _base64_floats(item.embedding)
+        if quota is not None:
+            used = answer.usage.prompt_tokens or answer.usage.total_tokens
+            quota.report(prompt_tokens=used or estimate, completion_tokens=0, estimated=not used)
+        return Response(answer.model_dump_json(), media_type=JSON)
 
     # -- /chat/completions ---------------------------------------------------
     def candidates(self, chat: ChatCompletionRequest, key: KeyRecord | None) -> list[ModelRoute]:

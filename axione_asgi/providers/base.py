@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 
@@ -22,9 +22,16 @@ from axione_asgi.errors import (
     UpstreamTimeout,
     scrub_secrets,
 )
-from axione_asgi.openai_types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from axione_asgi.openai_types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+)
 
 __all__ = [
+    "EmbeddingProvider",
     "HTTPProvider",
     "ModelRoute",
     "Provider",
@@ -61,6 +68,19 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release them; called once at shutdown."""
+        ...
+
+
+@runtime_checkable
+class EmbeddingProvider(Protocol):
+    """A provider that also serves `/embeddings`; an optional second face of a Provider."""
+
+    def embedding_models(self) -> Sequence[str]:
+        """The public embedding model names this provider serves."""
+        ...
+
+    async def embed(self, request: EmbeddingRequest, model: str) -> EmbeddingResponse:
+        """Float vectors for the request's inputs (the router encodes base64)."""
         ...
 
 
@@ -126,6 +146,16 @@ class HTTPProvider:
     # -- models --------------------------------------------------------------
     def models(self) -> Sequence[str]:
         return list(self.config.models)
+
+    def embedding_models(self) -> Sequence[str]:
+        return list(self.config.embedding_models)
+
+    def upstream_embedding_model(self, model: str) -> str:
+        """The upstream's own id for a public embedding model name."""
+        try:
+            return self.config.embedding_models[model]
+        except KeyError:
+            raise ModelNotFound(f"{self.name}/{model}") from None
 
     def upstream_model(self, model: str) -> str:
         """The upstream's own id for a public model name."""
@@ -248,6 +278,13 @@ class ModelRoute:
     provider_name: str
     model: str
     provider: Provider
+    kind: Literal["chat", "embedding"] = "chat"
+
+    @property
+    def embedder(self) -> EmbeddingProvider:
+        """The provider's embedding face (only on embedding routes)."""
+        assert isinstance(self.provider, EmbeddingProvider)
+        return self.provider
 
 
 class ProviderRegistry:
@@ -256,21 +293,46 @@ class ProviderRegistry:
     def __init__(self, providers: Mapping[str, Provider]) -> None:
         self.providers = dict(providers)
         self._routes: dict[str, ModelRoute] = {}
+        self._embedding_routes: dict[str, ModelRoute] = {}
         for pname, provider in self.providers.items():
             for model in provider.models():
                 public = f"{pname}/{model}"
                 self._routes[public] = ModelRoute(public, pname, model, provider)
+            if isinstance(provider, EmbeddingProvider):
+                for model in provider.embedding_models():
+                    public = f"{pname}/{model}"
+                    route = ModelRoute(public, pname, model, provider, "embedding")
+                    self._embedding_routes[public] = route
 
     def resolve(self, public_id: str) -> ModelRoute:
-        """The route for a public id, or `ModelNotFound`."""
+        """The chat route for a public id, or `ModelNotFound`."""
         route = self._routes.get(public_id)
         if route is None:
+            if public_id in self._embedding_routes:
+                raise InvalidRequest(
+                    f"Model '{public_id}' is an embedding model: use /embeddings",
+                    code="model_not_supported",
+                    param="model",
+                )
+            raise ModelNotFound(public_id)
+        return route
+
+    def resolve_embedding(self, public_id: str) -> ModelRoute:
+        """The embedding route for a public id, or a clear error."""
+        route = self._embedding_routes.get(public_id)
+        if route is None:
+            if public_id in self._routes:
+                raise InvalidRequest(
+                    f"Model '{public_id}' is a chat model and does not make embeddings",
+                    code="model_not_supported",
+                    param="model",
+                )
             raise ModelNotFound(public_id)
         return route
 
     def routes(self) -> list[ModelRoute]:
-        """Every model, in registration order."""
-        return list(self._routes.values())
+        """Every model, chat first then embedding, in registration order."""
+        return [*self._routes.values(), *self._embedding_routes.values()]
 
     async def open_all(self) -> None:
         for provider in self.providers.values():

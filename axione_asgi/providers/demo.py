@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import random
 import re
 from collections.abc import AsyncIterator, Sequence
 
@@ -16,6 +19,10 @@ from axione_asgi.openai_types import (
     Delta,
     DeltaFunction,
     DeltaToolCall,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
     FunctionCall,
     ResponseMessage,
     ToolCall,
@@ -30,13 +37,21 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 _PIECE = re.compile(r"\S+\s*")
 
 
+def _unit_vector(seed: str, dims: int) -> list[float]:
+    rng = random.Random(hashlib.sha256(seed.encode()).digest())
+    vector = [rng.gauss(0.0, 1.0) for _ in range(dims)]
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
 def count_tokens(text: str) -> int:
     """The demo's token count: words and punctuation marks."""
     return len(_TOKEN.findall(text))
 
 
 class DemoProvider:
-    """`demo/echo` answers with the last user message; `demo/lorem` with fixed text.
+    """`demo/echo` answers with the last user message; `demo/lorem` with fixed text;
+    `demo/embed` makes deterministic unit vectors.
 
     Both honour `max_tokens` (finish `length`), `stop` and tools (with tools
     offered and `tool_choice` not `none`, the model calls a tool once, then
@@ -48,11 +63,37 @@ class DemoProvider:
         "every time, so it is useful for trying the API without a provider key."
     )
 
+    EMBEDDING_DIMENSIONS = 256
+
     def __init__(self, name: str = "demo") -> None:
         self.name = name
 
     def models(self) -> Sequence[str]:
         return ["echo", "lorem"]
+
+    def embedding_models(self) -> Sequence[str]:
+        return ["embed"]
+
+    async def embed(self, request: EmbeddingRequest, model: str) -> EmbeddingResponse:
+        """Unit vectors drawn from a generator seeded by each input: same text, same vector."""
+        if model not in self.embedding_models():
+            raise ModelNotFound(f"{self.name}/{model}")
+        items: list[str | list[int]]
+        if isinstance(request.input, str):
+            items = [request.input]
+        elif all(isinstance(i, int) for i in request.input):
+            items = [[i for i in request.input if isinstance(i, int)]]
+        else:
+            items = [i for i in request.input if isinstance(i, str | list)]
+        dims = request.dimensions or self.EMBEDDING_DIMENSIONS
+        data = [
+            Embedding(index=i, embedding=_unit_vector(json.dumps(item), dims))
+            for i, item in enumerate(items)
+        ]
+        tokens = sum(count_tokens(i) if isinstance(i, str) else len(i) for i in items)
+        return EmbeddingResponse(
+            data=data, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+        )
 
     async def open(self) -> None:
         return None

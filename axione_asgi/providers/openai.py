@@ -8,8 +8,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from axione_asgi.errors import UpstreamError
-from axione_asgi.openai_types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from axione_asgi.errors import InvalidRequest, UpstreamError
+from axione_asgi.openai_types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+)
 from axione_asgi.providers.base import HTTPProvider
 from axione_asgi.sse import aiter_sse
 
@@ -65,6 +71,22 @@ class OpenAIProvider(HTTPProvider):
                 if event.data == "[DONE]":
                     return
                 yield self._chunk(event.data)
+
+    def embedding_payload(self, request: EmbeddingRequest, model: str) -> dict[str, Any]:
+        """The upstream body; floats are always asked for, the router encodes base64."""
+        data = request.model_dump(exclude_unset=True)
+        data["model"] = self.upstream_embedding_model(model)
+        data["encoding_format"] = "float"
+        return data
+
+    async def embed(self, request: EmbeddingRequest, model: str) -> EmbeddingResponse:
+        answer = await self.post_json("/embeddings", self.embedding_payload(request, model))
+        try:
+            return EmbeddingResponse.model_validate(answer)
+        except ValidationError:
+            raise UpstreamError(
+                f"Provider '{self.name}' answered with malformed embeddings"
+            ) from None
 
     def _chunk(self, data: str) -> ChatCompletionChunk:
         try:
@@ -124,3 +146,14 @@ class MistralProvider(OpenAIProvider):
                 message["role"] = "system"
         # Mistral streams usage in its last chunk without being asked.
         return {k: v for k, v in data.items() if k in _MISTRAL_FIELDS}
+
+    def embedding_payload(self, request: EmbeddingRequest, model: str) -> dict[str, Any]:
+        texts = request.texts()
+        if texts is None:
+            raise InvalidRequest(
+                f"Provider '{self.name}' embeds text only, not token arrays", param="input"
+            )
+        data: dict[str, Any] = {"model": self.upstream_embedding_model(model), "input": texts}
+        if request.dimensions is not None:
+            data["output_dimension"] = request.dimensions
+        return data
