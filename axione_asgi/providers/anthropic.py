@@ -154,6 +154,12 @@ def _content_blocks(
     return blocks
 
 
+def _tool_id(call_id: str | None) -> str:
+    # Anthropic only takes [A-Za-z0-9_-] in tool ids; ids minted elsewhere
+    # (another provider, a client) are mapped the same way on both sides.
+    return re.sub(r"[^A-Za-z0-9_-]", "_", call_id or "") or "_"
+
+
 def _tool_use_blocks(message: ChatMessage, i: int) -> list[Json]:
     blocks: list[Json] = []
     for j, call in enumerate(message.tool_calls or []):
@@ -170,13 +176,18 @@ def _tool_use_blocks(message: ChatMessage, i: int) -> list[Json]:
                 f"Tool call '{call.id}' arguments must be a JSON object", param=param
             )
         blocks.append(
-            {"type": "tool_use", "id": call.id, "name": call.function.name, "input": parsed}
+            {
+                "type": "tool_use",
+                "id": _tool_id(call.id),
+                "name": call.function.name,
+                "input": parsed,
+            }
         )
     return blocks
 
 
 def _tool_result_block(message: ChatMessage, i: int) -> Json:
-    block: Json = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+    block: Json = {"type": "tool_result", "tool_use_id": _tool_id(message.tool_call_id)}
     param = f"messages[{i}].content"
     if isinstance(message.content, str):
         if message.content:
@@ -482,11 +493,10 @@ class _StreamTranslator:
     def __init__(self, provider: AnthropicProvider) -> None:
         self.provider = provider
         self.id = new_id()
-        self.started = False
         self.finished = False
         self.stop_reason: Any = None
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
+        # The latest count of each usage field (message_start, then message_delta).
+        self.usage: Json = {}
         # Content block index -> [tool call index, whether arguments were sent].
         self.tools: dict[int, list[Any]] = {}
 
@@ -510,10 +520,13 @@ class _StreamTranslator:
         if kind == "error" or name == "error":
             etype, message = _error_detail(raw)
             detail = self.provider.scrub(message) or etype or "unknown error"
+            # Anthropic often reports overload as an error event right after a
+            # 200; it is the same condition as a 529, so it maps the same way.
             overloaded = etype == "overloaded_error"
             raise UpstreamError(
                 f"Provider '{self.provider.name}' reported an error mid-stream: {detail}",
                 code="upstream_overloaded" if overloaded else None,
+                status=503 if overloaded else None,
             )
         handlers = {
             "message_start": self._on_message_start,
@@ -530,9 +543,7 @@ class _StreamTranslator:
     def _on_message_start(self, data: Json) -> list[ChatCompletionChunk]:
         message = data.get("message") or {}
         self.id = _completion_id(message.get("id"))
-        usage = message.get("usage") or {}
-        self.prompt_tokens, self.completion_tokens = _usage(usage)
-        self.started = True
+        self.usage.update(message.get("usage") or {})
         return [self._chunk(Delta(role="assistant", content=""))]
 
     def _on_content_block_start(self, data: Json) -> list[ChatCompletionChunk]:
@@ -579,21 +590,17 @@ class _StreamTranslator:
 
     def _on_message_delta(self, data: Json) -> list[ChatCompletionChunk]:
         self.stop_reason = (data.get("delta") or {}).get("stop_reason")
+        # Counts here are cumulative; newer API versions repeat the input counts
+        # too, possibly as null, which must not erase message_start's.
         usage = data.get("usage") or {}
-        if "output_tokens" in usage:
-            self.completion_tokens = int(usage["output_tokens"] or 0)
-        # Newer API versions repeat the (cumulative) input counts here.
-        if any(usage.get(k) is not None for k in ("input_tokens", "cache_read_input_tokens")):
-            self.prompt_tokens = _usage(usage)[0]
+        self.usage.update({k: v for k, v in usage.items() if v is not None})
         return []
 
     def _on_message_stop(self, data: Json) -> list[ChatCompletionChunk]:
         self.finished = True
         return [
             self._chunk(Delta(), finish_reason=_finish_reason(self.stop_reason)),
-            ChatCompletionChunk(
-                id=self.id, usage=_openai_usage(self.prompt_tokens, self.completion_tokens)
-            ),
+            ChatCompletionChunk(id=self.id, usage=_openai_usage(*_usage(self.usage))),
         ]
 
 
@@ -604,6 +611,7 @@ class AnthropicProvider(HTTPProvider):
     """
 
     def auth_headers(self) -> dict[str, str]:
+        """`x-api-key` and the pinned `anthropic-version`; config headers (betas) add to them."""
         headers = {"anthropic-version": ANTHROPIC_VERSION}
         if self.api_key:
             headers["x-api-key"] = self.api_key
@@ -619,6 +627,7 @@ class AnthropicProvider(HTTPProvider):
         )
 
     async def chat(self, request: ChatCompletionRequest, model: str) -> ChatCompletion:
+        """One whole completion from `POST /v1/messages`."""
         answer = await self.post_json("/v1/messages", self.payload(request, model, stream=False))
         try:
             return translate_response(answer)
@@ -630,6 +639,11 @@ class AnthropicProvider(HTTPProvider):
     async def stream(
         self, request: ChatCompletionRequest, model: str
     ) -> AsyncIterator[ChatCompletionChunk]:
+        """Chunks as Anthropic's events arrive, then the finish and the usage-only chunk.
+
+        An `error` event, or a stream that ends before `message_stop`, raises
+        `UpstreamError` after the chunks already yielded.
+        """
         translator = _StreamTranslator(self)
         async with self.post_stream(
             "/v1/messages", self.payload(request, model, stream=True)
@@ -650,6 +664,7 @@ class AnthropicProvider(HTTPProvider):
         )
 
     def upstream_message(self, body: bytes) -> str:
+        """The message of Anthropic's `{"type": "error", "error": {...}}` body."""
         message = _error_detail(body)[1]
         return message or super().upstream_message(body)
 
