@@ -31,3 +31,18 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
     session.install("-e", ".[redis]", "mypy", "types-cachetools")
     session.run("mypy", "--strict", "axione_asgi")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site: `mkdocs build --strict` (warnings fail the build)."""
+    session.install("-e", ".", "mkdocs-material")
+    site = session.create_tmp()
+    session.run(
+        "mkdocs",
+        "build",
+        "--strict",
+        "--site-dir",
+        f"{site}/site",
+        env={"NO_MKDOCS_2_WARNING": "1"},
+    )
