@@ -44,6 +44,11 @@ def _unit_vector(seed: str, dims: int) -> list[float]:
     return [v / norm for v in vector]
 
 
+def _digest(*parts: str) -> str:
+    # hashlib, not hash(): str hashes change with every process (PYTHONHASHSEED).
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def count_tokens(text: str) -> int:
     """The demo's token count: words and punctuation marks."""
     return len(_TOKEN.findall(text))
@@ -135,7 +140,7 @@ class DemoProvider:
             tool = next((t for t in request.tools if t.function.name == wanted), tool)
         user_text = request.messages[-1].text()
         return ToolCall(
-            id=f"call_{abs(hash((tool.function.name, user_text))) % 10**12:012d}",
+            id=f"call_{int(_digest(tool.function.name, user_text)[:15], 16) % 10**12:012d}",
             function=FunctionCall(
                 name=tool.function.name, arguments=json.dumps({"input": user_text})
             ),

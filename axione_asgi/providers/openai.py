@@ -90,19 +90,22 @@ class OpenAIProvider(HTTPProvider):
 
     def _chunk(self, data: str) -> ChatCompletionChunk:
         try:
-            return ChatCompletionChunk.model_validate_json(data)
-        except ValidationError:
-            pass
-        try:
             parsed = json.loads(data)
         except ValueError:
             parsed = None
+        # Checked first: chunks allow extra fields, so an error object would
+        # otherwise validate as an empty chunk and reach the client unscrubbed.
         if isinstance(parsed, dict) and "error" in parsed:
             raise UpstreamError(
                 f"Provider '{self.name}' reported an error mid-stream: "
                 f"{self.scrub(self.upstream_message(data.encode()))}"
             )
-        raise UpstreamError(f"Provider '{self.name}' sent a malformed stream chunk")
+        try:
+            return ChatCompletionChunk.model_validate(parsed)
+        except ValidationError:
+            raise UpstreamError(
+                f"Provider '{self.name}' sent a malformed stream chunk"
+            ) from None
 
 
 # Mistral answers 422 to fields it does not know, so only these are sent.
