@@ -32,6 +32,13 @@ All knowledge of Gemini's wire format lives here. Decisions worth knowing:
   path's extension when it has one. Other schemes are a 400.
 - Tool results: a JSON-object result is sent as the `functionResponse`'s
   `response`; anything else as `{"content": text}`.
+- Embeddings use `:batchEmbedContents`, up to 100 texts a call (Gemini's
+  limit; longer inputs take several calls, in order). Gemini embeds text only:
+  token arrays and empty strings are a 400. `dimensions` becomes
+  `outputDimensionality`. Gemini's answer carries no token counts, so usage
+  is reported as 0 unless a `usageMetadata.promptTokenCount` comes back; the
+  router then counts its own estimate (4 characters a token) against the
+  key's quota and marks it estimated in the ledger.
 - `user` and other fields Gemini has no equivalent for are ignored. Errors:
   a bad key (even Gemini's 400 `API_KEY_INVALID`) is 502
   `upstream_auth_failed`; `FAILED_PRECONDITION` (unsupported region, billing)
@@ -70,6 +77,10 @@ from axione_asgi.openai_types import (
     Delta,
     DeltaFunction,
     DeltaToolCall,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
     ImagePart,
     ResponseMessage,
     TextPart,
@@ -92,6 +103,9 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
+
+# Gemini's `batchEmbedContents` takes at most this many requests a call.
+EMBED_BATCH = 100
 
 # Google's documented placeholder for a function call replayed without the
 # signature the model gave it (see the thought-signatures guide).
@@ -677,7 +691,10 @@ class GeminiProvider(HTTPProvider):
         return {"x-goog-api-key": self.api_key} if self.api_key else {}
 
     def _path(self, model: str, method: str) -> str:
-        upstream = self.upstream_model(model).removeprefix("models/")
+        return self._method_path(self.upstream_model(model), method)
+
+    def _method_path(self, upstream: str, method: str) -> str:
+        upstream = upstream.removeprefix("models/")
         base = self.config.resolved_base_url()
         # A base URL that already names the API version is used as it is.
         version = "" if re.search(r"/v1(beta|alpha)?\d*$", base) else "/v1beta"
@@ -756,6 +773,61 @@ class GeminiProvider(HTTPProvider):
             state = candidates[index]
             yield chunk(index, Delta(), _finish(state.finish, state.calls > 0))
         yield ChatCompletionChunk(id=chunk_id, created=created, choices=[], usage=usage)
+
+    # -- embeddings --------------------------------------------------------------
+    def embedding_payloads(self, request: EmbeddingRequest, model: str) -> list[JSON]:
+        """The `batchEmbedContents` bodies for a request, at most `EMBED_BATCH` texts each."""
+        texts = request.texts()
+        if texts is None:
+            raise InvalidRequest(
+                f"Provider '{self.name}' embeds text only, not token arrays", param="input"
+            )
+        for i, text in enumerate(texts):
+            if not text:
+                where = "input" if isinstance(request.input, str) else f"input[{i}]"
+                raise InvalidRequest(f"'{where}' must not be an empty string", param=where)
+        name = "models/" + self.upstream_embedding_model(model).removeprefix("models/")
+        items: list[JSON] = []
+        for text in texts:
+            item: JSON = {"model": name, "content": {"parts": [{"text": text}]}}
+            if request.dimensions is not None:
+                item["outputDimensionality"] = request.dimensions
+            items.append(item)
+        return [
+            {"requests": items[start : start + EMBED_BATCH]}
+            for start in range(0, len(items), EMBED_BATCH)
+        ]
+
+    async def embed(self, request: EmbeddingRequest, model: str) -> EmbeddingResponse:
+        path = self._method_path(self.upstream_embedding_model(model), "batchEmbedContents")
+        vectors: list[list[float]] = []
+        tokens = 0
+        for body in self.embedding_payloads(request, model):
+            answer = await self.post_json(path, body)
+            vectors += self._vectors(answer, len(body["requests"]))
+            metadata = answer.get("usageMetadata")
+            if isinstance(metadata, Mapping):
+                tokens += _int(metadata.get("promptTokenCount"))
+        return EmbeddingResponse(
+            data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
+            model=model,
+            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    def _vectors(self, answer: Any, expected: int) -> list[list[float]]:
+        """The `values` of each of the answer's `embeddings`, checked."""
+        embeddings = answer.get("embeddings") if isinstance(answer, Mapping) else None
+        if not isinstance(embeddings, list) or len(embeddings) != expected:
+            raise UpstreamError(f"Provider '{self.name}' answered with malformed embeddings")
+        vectors: list[list[float]] = []
+        for item in embeddings:
+            values = item.get("values") if isinstance(item, Mapping) else None
+            if not isinstance(values, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in values
+            ):
+                raise UpstreamError(f"Provider '{self.name}' answered with malformed embeddings")
+            vectors.append([float(v) for v in values])
+        return vectors
 
     def _event(self, data: str) -> JSON:
         try:

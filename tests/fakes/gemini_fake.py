@@ -1,4 +1,5 @@
-"""A strict fake of Google's Gemini API (`generateContent`, `streamGenerateContent`).
+"""A strict fake of Google's Gemini API (`generateContent`, `streamGenerateContent`,
+`batchEmbedContents`).
 
 It speaks the documented v1beta wire format and refuses what the real service
 refuses, with Google-shaped errors (`{"error": {code, message, status,
@@ -10,6 +11,15 @@ responses without a name, out-of-range sampling values, OBJECT parameter
 schemas without properties, ARRAY schemas without items, function-call turns
 in the wrong place or answered by the wrong number of responses, and (for
 `gemini-3*` models) a replayed function call without its thought signature.
+
+`batchEmbedContents` serves the `embedding_models` only (and they serve nothing
+else), and refuses unknown fields, an empty or over-long batch, a request item
+whose `model` is missing or differs from the URL's, content without parts or
+with a non-text or empty part, an unknown `taskType` and an
+`outputDimensionality` out of the model's range. Its vectors are deterministic
+(a hash of the text) and a smaller `outputDimensionality` gives a prefix of the
+full vector, as Gemini's Matryoshka embeddings do. Like the real service it
+reports no token counts, unless `embedding_usage` is set.
 
 Its "model" is deterministic: with function declarations offered, a calling
 mode other than NONE and a last turn of user text, it calls the first allowed
@@ -35,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["FAKE_KEY", "GeminiFake", "RecordedRequest"]
+__all__ = ["FAKE_KEY", "GeminiFake", "RecordedRequest", "embedding_vector"]
 
 FAKE_KEY = "AIzaFAKE-gemini-test-key-0123456789abcdef"
 SKIP_SIGNATURE = "skip_thought_signature_validator"
@@ -156,7 +166,27 @@ _MESSAGES: dict[str, dict[str, Any]] = {
         "thinkingBudget": "int",
         "thinkingLevel": "string",
     },
+    "BatchEmbedContentsRequest": {"requests": ["EmbedContentRequest"]},
+    "EmbedContentRequest": {
+        "model": "string",
+        "content": "Content",
+        "taskType": "string",
+        "title": "string",
+        "outputDimensionality": "int",
+    },
 }
+_TASK_TYPES = {
+    "TASK_TYPE_UNSPECIFIED",
+    "RETRIEVAL_QUERY",
+    "RETRIEVAL_DOCUMENT",
+    "SEMANTIC_SIMILARITY",
+    "CLASSIFICATION",
+    "CLUSTERING",
+    "QUESTION_ANSWERING",
+    "FACT_VERIFICATION",
+    "CODE_RETRIEVAL_QUERY",
+}
+MAX_EMBED_BATCH = 100
 _TYPES = {"TYPE_UNSPECIFIED", "STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL"}
 _MODES = {"MODE_UNSPECIFIED", "AUTO", "ANY", "NONE", "VALIDATED"}
 _DATA_FIELDS = (
@@ -280,6 +310,12 @@ class GeminiFake:
     block: str | None = None
     thoughts_tokens: int = 0
     leak_key_in_errors: bool = False
+    # Embedding models and their full vector sizes.
+    embedding_models: dict[str, int] = field(
+        default_factory=lambda: {"gemini-embedding-001": 3072, "text-embedding-004": 768}
+    )
+    # Report `usageMetadata.promptTokenCount` on embeddings (the real API does not).
+    embedding_usage: bool = False
     requests: list[RecordedRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -410,9 +446,10 @@ class GeminiFake:
                 ],
                 key,
             )
-        if action not in ("generateContent", "streamGenerateContent"):
+        if action not in ("generateContent", "streamGenerateContent", "batchEmbedContents"):
             return self._error(404, "NOT_FOUND", f"Method not found: {action}")
-        if model not in self.models:
+        serves = self.embedding_models if action == "batchEmbedContents" else self.models
+        if model not in serves:
             return self._error(
                 404,
                 "NOT_FOUND",
@@ -425,6 +462,12 @@ class GeminiFake:
             return knob
         if body is None:
             return self._error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.", key=key)
+        if action == "batchEmbedContents":
+            try:
+                requests = self.validate_embeddings(body, model)
+            except BadRequest as exc:
+                return self._error(400, "INVALID_ARGUMENT", str(exc), key=key)
+            return JSONResponse(self.embed(requests, model))
         try:
             checked = self.validate(body, model)
         except BadRequest as exc:
@@ -491,6 +534,65 @@ class GeminiFake:
                 "allowed_function_names can only be set when mode is ANY",
             )
         return checked
+
+    def validate_embeddings(self, body: Any, model: str) -> list[dict[str, Any]]:
+        """The batch's requests with camelCase keys, or `BadRequest` as the service says it."""
+        checked: dict[str, Any] = _check(body, "BatchEmbedContentsRequest", "")
+        requests: list[dict[str, Any]] = checked.get("requests", [])
+        where = "* BatchEmbedContentsRequest.requests"
+        if not requests:
+            raise BadRequest(f"{where}: requests must not be empty")
+        if len(requests) > MAX_EMBED_BATCH:
+            raise BadRequest(f"{where}: at most {MAX_EMBED_BATCH} requests can be in one batch")
+        full = self.embedding_models[model]
+        for i, item in enumerate(requests):
+            name = item.get("model")
+            if not name:
+                raise BadRequest(f"{where}[{i}].model: Field is required")
+            if name != f"models/{model}":
+                raise BadRequest(
+                    f"{where}[{i}].model: Model names should match: models/{model} vs {name}"
+                )
+            parts = (item.get("content") or {}).get("parts")
+            if not parts:
+                raise BadRequest(f"{where}[{i}].content.parts: contents.parts must not be empty.")
+            for j, part in enumerate(parts):
+                if set(part) != {"text"}:
+                    raise BadRequest(
+                        f"{where}[{i}].content.parts[{j}]: only text parts can be embedded "
+                        f"by {model}"
+                    )
+                if not part["text"]:
+                    raise BadRequest(
+                        f"{where}[{i}].content.parts[{j}].text: text must not be empty"
+                    )
+            task = item.get("taskType")
+            if task is not None and task not in _TASK_TYPES:
+                raise BadRequest(
+                    f"Invalid JSON payload received. Invalid value at 'requests[{i}].task_type' "
+                    f"(type.googleapis.com/google.ai.generativelanguage.v1beta.TaskType), "
+                    f"{json.dumps(task)}"
+                )
+            size = item.get("outputDimensionality")
+            if size is not None and not 1 <= int(size) <= full:
+                raise BadRequest(
+                    f"{where}[{i}].output_dimensionality: must be between 1 and {full} for {model}"
+                )
+        return requests
+
+    def embed(self, requests: list[dict[str, Any]], model: str) -> dict[str, Any]:
+        """The `batchEmbedContents` answer for validated requests."""
+        full = self.embedding_models[model]
+        answer: dict[str, Any] = {"embeddings": []}
+        words = 0
+        for item in requests:
+            text = " ".join(p["text"] for p in item["content"]["parts"])
+            words += len(text.split())
+            size = int(item.get("outputDimensionality") or full)
+            answer["embeddings"].append({"values": embedding_vector(text, full)[:size]})
+        if self.embedding_usage:
+            answer["usageMetadata"] = {"promptTokenCount": words}
+        return answer
 
     @staticmethod
     def _check_parts(parts: Any, where: str) -> None:
@@ -716,6 +818,17 @@ class GeminiFake:
             value = _value_for(schema, text) if schema else {"echo": text}
             text = json.dumps(value)
         return text
+
+
+def embedding_vector(text: str, size: int) -> list[float]:
+    """The fake's full-size embedding of `text`: deterministic values in [-1, 1)."""
+    out: list[float] = []
+    block = 0
+    while len(out) < size:
+        digest = hashlib.sha256(f"{block}:{text}".encode()).digest()
+        out += [round(b / 128 - 1, 6) for b in digest]
+        block += 1
+    return out[:size]
 
 
 def _check_schema(schema: dict[str, Any], path: str, *, top: bool) -> None:
