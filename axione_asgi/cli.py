@@ -112,22 +112,12 @@ async def _keys_command(args: argparse.Namespace, config: AxioneConfig, store: K
 
 
 async def _usage(args: argparse.Namespace, config: AxioneConfig) -> int:
-    from axione_asgi.quota import QuotaService
+    from axione_asgi.quota import usage_report
 
     store = open_key_store(config.storage.keys, config.keys)
-    quota = QuotaService(config, key_store=store)
     try:
-        await quota.start()
-        if args.key_id:
-            record = await store.get(args.key_id)
-            if record is None:
-                raise LookupError(f"no key with id {args.key_id}")
-            records = [record]
-        else:
-            records = list(await store.list())
-        reports = [await quota.usage(r) for r in records]
+        reports = await usage_report(config, args.key_id, key_store=store)
     finally:
-        await quota.stop()
         await store.close()
     if args.json:
         print(json.dumps(reports, indent=2))

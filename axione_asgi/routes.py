@@ -42,7 +42,7 @@ from axione_asgi.openapi import openapi_document
 from axione_asgi.providers.base import ModelRoute, ProviderRegistry
 from axione_asgi.quota import QuotaService
 from axione_asgi.resilience import RetryPolicy, first_success
-from axione_asgi.scope import QuotaHandle, key_of, quota_of, request_id_of
+from axione_asgi.scope import QuotaHandle, exempt_from_quota, key_of, quota_of, request_id_of
 from axione_asgi.sse import DONE, encode_data
 
 __all__ = ["GatewayRoutes", "estimate_prompt_tokens", "parse_body", "parse_chat_request"]
@@ -190,15 +190,21 @@ async def unless_disconnected(receive: Receive, work: Callable[[], Awaitable[T]]
     the disconnect, so no upstream work is left orphaned.
     """
     outcome: list[T] = []
-    async with anyio.create_task_group() as tg:
+    try:
+        async with anyio.create_task_group() as tg:
 
-        async def watch() -> None:
-            await _until_disconnect(receive)
+            async def watch() -> None:
+                await _until_disconnect(receive)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            outcome.append(await work())
             tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        outcome.append(await work())
-        tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # anyio wraps what work() raised; the error middleware needs the error itself.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     if not outcome:
         raise ClientGone
     return outcome[0]
@@ -256,9 +262,11 @@ class GatewayRoutes:
 
     # -- /models -------------------------------------------------------------
     async def list_models(self, request: Request) -> Response:
+        exempt_from_quota(request.scope)  # metadata: not a counted request
         return Response(self._models_body, media_type=JSON)
 
     async def get_model(self, request: Request) -> Response:
+        exempt_from_quota(request.scope)
         model_id = request.path_params["model_id"]
         body = self._model_bodies.get(model_id)
         if body is None:
@@ -270,6 +278,7 @@ class GatewayRoutes:
         key = key_of(request.scope)
         if key is None:
             raise InvalidRequest("/usage needs an authenticated key", code="missing_api_key")
+        exempt_from_quota(request.scope)  # SPEC 8: /usage is not itself counted
         report = await self.quota.usage(key)
         return Response(json.dumps(report).encode(), media_type=JSON)
 
@@ -300,8 +309,11 @@ class GatewayRoutes:
             for item in answer.data:
                 if isinstance(item.embedding, list):
                     item.embedding = _base64_floats(item.embedding)
+        used = answer.usage.prompt_tokens or answer.usage.total_tokens
+        if not used:
+            # The upstream counted nothing (Gemini): show the client what is counted.
+            answer.usage.prompt_tokens = answer.usage.total_tokens = estimate
         if quota is not None:
-            used = answer.usage.prompt_tokens or answer.usage.total_tokens
             quota.report(prompt_tokens=used or estimate, completion_tokens=0, estimated=not used)
         return Response(answer.model_dump_json(), media_type=JSON)
 
@@ -424,12 +436,19 @@ async def _events(
     usage: Usage | None = None
     chars_out = 0
     chunk = first
+    usage_chunk: ChatCompletionChunk | None = None
     try:
         while chunk is not None:
             chunk.model = public_id
             if chunk.usage is not None:
                 usage = chunk.usage
-                if not wants_usage:
+                if wants_usage and chunk.choices:
+                    # Some upstreams (Mistral) put usage on the finish chunk; SPEC
+                    # wants it in a chunk of its own, with no choices, at the end.
+                    usage_chunk = ChatCompletionChunk(
+                        id=chunk.id, created=chunk.created, model=public_id, usage=usage
+                    )
+                if not wants_usage or chunk.choices:
                     chunk.usage = None
                     if not chunk.choices:
                         chunk = await anext(chunks, None)
@@ -439,6 +458,8 @@ async def _events(
                     chars_out += len(choice.delta.content)
             yield encode_data(chunk.model_dump_json(exclude_none=True).encode())
             chunk = await anext(chunks, None)
+        if usage_chunk is not None:
+            yield encode_data(usage_chunk.model_dump_json(exclude_none=True).encode())
         yield DONE
     except AxioneError as exc:
         yield encode_data(exc.body())

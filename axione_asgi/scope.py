@@ -13,6 +13,7 @@ __all__ = [
     "QUOTA",
     "REQUEST_ID",
     "QuotaHandle",
+    "exempt_from_quota",
     "key_of",
     "quota_of",
     "request_id_of",
@@ -45,6 +46,10 @@ class QuotaHandle(Protocol):
         """Record the request's real token usage (replaces an earlier report)."""
         ...
 
+    def exempt(self) -> None:
+        """Do not count this request (metadata such as `/usage`); headers still show the day."""
+        ...
+
 
 def state_of(scope: Scope) -> dict[str, Any]:
     """The scope's shared state dict (Starlette's `request.state` reads the same)."""
@@ -62,6 +67,13 @@ def key_of(scope: Scope) -> KeyRecord | None:
 def quota_of(scope: Scope) -> QuotaHandle | None:
     """The quota handle, when `TierQuotaMiddleware` is in the stack."""
     return state_of(scope).get(QUOTA)
+
+
+def exempt_from_quota(scope: Scope) -> None:
+    """Mark this request as not counted, when `TierQuotaMiddleware` is in the stack."""
+    handle = quota_of(scope)
+    if handle is not None:
+        handle.exempt()
 
 
 def request_id_of(scope: Scope) -> str | None:

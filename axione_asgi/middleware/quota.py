@@ -2,71 +2,136 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import datetime
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from axione_asgi.errors import AxioneError
 from axione_asgi.keys import KeyRecord
 from axione_asgi.middleware.errors import send_error
-from axione_asgi.quota.service import Admission, QuotaService
-from axione_asgi.scope import QUOTA, key_of, state_of
+from axione_asgi.quota.days import format_duration
+from axione_asgi.quota.service import Admission, QuotaExceeded, QuotaService, Snapshot
+from axione_asgi.scope import QUOTA, key_of, request_id_of, state_of
 
-__all__ = ["TierQuotaMiddleware", "format_reset"]
+__all__ = ["TierQuotaMiddleware", "format_reset", "ratelimit_headers"]
+
+logger = logging.getLogger("axione")
+
+format_reset = format_duration
+
+# How long settlement waits for a cut stream's own usage report: the stream's
+# generator may be closed a moment after the response ends (when Starlette
+# drops it), and its report is the count of what was produced.
+_LATE_REPORT_WAIT_S = 0.25
+# Status recorded for a response that never completed: the client went away.
+_CLIENT_GONE = 499
 
 
-def format_reset(seconds: float) -> str:
-    """OpenAI's duration format: `6h3m2s`."""
-    total = max(0, int(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    out = ""
-    if hours:
-        out += f"{hours}h"
-    if minutes:
-        out += f"{minutes}m"
-    return out + f"{secs}s"
+def ratelimit_headers(snapshot: Snapshot, now: datetime) -> list[tuple[bytes, bytes]]:
+    """SPEC section 1's `x-ratelimit-*` headers for a key's day."""
+    reset = format_duration((snapshot.resets_at - now).total_seconds()).encode()
+    limits = snapshot.limits
+    return [
+        (b"x-ratelimit-limit-requests", str(limits.requests_per_day).encode()),
+        (b"x-ratelimit-remaining-requests", str(snapshot.remaining_requests).encode()),
+        (b"x-ratelimit-reset-requests", reset),
+        (b"x-ratelimit-limit-tokens", str(limits.tokens_per_day).encode()),
+        (b"x-ratelimit-remaining-tokens", str(snapshot.remaining_tokens).encode()),
+        (b"x-ratelimit-reset-tokens", reset),
+    ]
 
 
 class _Handle:
-    def __init__(self, service: QuotaService, key: KeyRecord) -> None:
+    """The `QuotaHandle` of one request (see `axione_asgi.scope.QuotaHandle`)."""
+
+    __slots__ = (
+        "_reported_event",
+        "admission",
+        "completion_tokens",
+        "estimated",
+        "exempted",
+        "implicit",
+        "key",
+        "model",
+        "now",
+        "prompt_tokens",
+        "provider",
+        "reported",
+        "service",
+        "snapshot",
+        "tier",
+    )
+
+    def __init__(self, service: QuotaService, key: KeyRecord, tier: int, now: datetime) -> None:
         self.service = service
         self.key = key
+        self.tier = tier
+        self.now = now
         self.admission: Admission | None = None
+        self.snapshot: Snapshot | None = None
+        self.model: str | None = None
+        self.provider: str | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.estimated = False
+        self.reported = False
+        self.exempted = False
+        self.implicit = False
+        self._reported_event: anyio.Event | None = None
 
     async def admit(
         self, *, reserve_tokens: int = 0, model: str | None = None, provider: str | None = None
     ) -> None:
-        if self.admission is None:
-            self.admission = await self.service.admit(self.key, reserve_tokens)
+        if self.admission is not None or self.exempted:
+            return
+        self.model = model
+        self.provider = provider
+        try:
+            self.admission = await self.service.admit(
+                self.key, reserve_tokens, tier=self.tier, now=self.now
+            )
+        except QuotaExceeded as exc:
+            self.snapshot = exc.snapshot
+            raise
+        self.snapshot = self.admission.snapshot
 
-    def report(self, *, prompt_tokens: int, completion_tokens: int, estimated: bool = False) -> None:
+    def report(
+        self, *, prompt_tokens: int, completion_tokens: int, estimated: bool = False
+    ) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
         self.estimated = estimated
+        self.reported = True
+        if self._reported_event is not None:
+            self._reported_event.set()
 
-    def headers(self, now: datetime) -> list[tuple[bytes, bytes]]:
-        adm = self.admission
-        if adm is None:
-            return []
-        reset = format_reset((adm.resets_at - now).total_seconds()).encode()
-        lim = adm.limits
-        remaining_tokens = max(0, lim.tokens_per_day - adm.tokens_used - adm.reserved_tokens)
-        return [
-            (b"x-ratelimit-limit-requests", str(lim.requests_per_day).encode()),
-            (b"x-ratelimit-remaining-requests", str(max(0, lim.requests_per_day - adm.requests_used)).encode()),
-            (b"x-ratelimit-reset-requests", reset),
-            (b"x-ratelimit-limit-tokens", str(lim.tokens_per_day).encode()),
-            (b"x-ratelimit-remaining-tokens", str(remaining_tokens).encode()),
-            (b"x-ratelimit-reset-tokens", reset),
-        ]
+    def exempt(self) -> None:
+        if self.admission is None:
+            self.exempted = True
+
+    async def wait_reported(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a report that has not come yet."""
+        self._reported_event = anyio.Event()
+        if not self.reported:
+            with anyio.move_on_after(timeout):
+                await self._reported_event.wait()
 
 
 class TierQuotaMiddleware:
-    """Lends the inner app a quota handle; adds headers; settles at the end."""
+    """Meters authenticated requests against their key's tier (SPEC section 3).
+
+    Lends the inner app a quota handle in the scope. The app admits the request
+    through it once it knows what the request may cost (or, if it never does,
+    the request is admitted at its first response message for one request and
+    no tokens), and reports the real usage. The middleware adds the
+    `x-ratelimit-*` headers to every response start, answers 429 with
+    `Retry-After` when the day is spent, and settles the tokens and writes the
+    ledger record when the response ends, also when the client goes away.
+    Requests with no key in the scope pass straight through.
+    """
 
     def __init__(self, app: ASGIApp, service: QuotaService) -> None:
         self.app = app
@@ -77,23 +142,76 @@ class TierQuotaMiddleware:
         if key is None:
             await self.app(scope, receive, send)
             return
-        handle = _Handle(self.service, key)
+        service = self.service
+        began = time.monotonic()
+        now = service.clock()
+        handle = _Handle(service, key, await service.tier_of(key, now), now)
         state_of(scope)[QUOTA] = handle
+        status = 0
+        started = False
+        completed = False
+        refused = False
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal status, started, completed, refused
+            if refused:
+                return  # the inner app's answer, replaced by a 429
             if message["type"] == "http.response.start":
-                if handle.admission is None and message["status"] < 400:
-                    await handle.admit()
-                message.setdefault("headers", []).extend(handle.headers(self.service.clock()))
+                status = message["status"]
+                if handle.snapshot is None and not handle.exempted and status < 400:
+                    handle.implicit = True
+                    try:
+                        await handle.admit()
+                    except QuotaExceeded as exc:
+                        refused = started = completed = True
+                        status = exc.status
+                        headers = ratelimit_headers(exc.snapshot, now)
+                        await send_error(send, exc, headers)
+                        return
+                snapshot = handle.snapshot or await service.snapshot(key, tier=handle.tier, now=now)
+                headers = [*message.get("headers", ()), *ratelimit_headers(snapshot, now)]
+                message = {**message, "headers": headers}
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                completed = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         except AxioneError as exc:
-            # Headers on errors raised before any response (a 429 from admit).
+            if started:
+                raise
+            # Raised before any answer (the route's 429 among them): sent from
+            # here so that it carries the x-ratelimit-* headers too.
             await send_error(send_wrapper, exc)
+        except Exception:
+            if started:
+                raise
+            request_id = request_id_of(scope)
+            logger.exception("unhandled error in request %s", request_id)
+            failure = AxioneError(f"The gateway failed unexpectedly; request id {request_id}")
+            await send_error(send_wrapper, failure)
         finally:
-            if handle.admission is not None:
-                await self.service.settle(
-                    key, handle.admission, handle.prompt_tokens + handle.completion_tokens
-                )
+            admission = handle.admission
+            if admission is not None:
+                if not completed and not handle.implicit and not handle.reported:
+                    # Shielded, as the settlement itself is: a client that
+                    # goes away cancels this task, and its usage still counts.
+                    with anyio.CancelScope(shield=True):
+                        await handle.wait_reported(_LATE_REPORT_WAIT_S)
+                try:
+                    await service.settle(
+                        admission,
+                        prompt_tokens=handle.prompt_tokens,
+                        completion_tokens=handle.completion_tokens,
+                        estimated=handle.estimated,
+                        model=handle.model,
+                        provider=handle.provider,
+                        status=status if completed else _CLIENT_GONE,
+                        latency_ms=(time.monotonic() - began) * 1000,
+                        request_id=request_id_of(scope),
+                    )
+                except Exception:
+                    # The answer is already out: a failing counter store must
+                    # not become a second error, only a log line.
+                    logger.exception("settling usage of key %s failed", key.id)

@@ -103,9 +103,7 @@ class OpenAIProvider(HTTPProvider):
         try:
             return ChatCompletionChunk.model_validate(parsed)
         except ValidationError:
-            raise UpstreamError(
-                f"Provider '{self.name}' sent a malformed stream chunk"
-            ) from None
+            raise UpstreamError(f"Provider '{self.name}' sent a malformed stream chunk") from None
 
 
 # Mistral answers 422 to fields it does not know, so only these are sent.

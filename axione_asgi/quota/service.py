@@ -1,42 +1,102 @@
-"""QuotaService: daily request and token counters per key, keyed by UTC day."""
+"""QuotaService: joins tiers, daily counters and the ledger for the middleware and routes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from limits.aio.storage import Storage
-from limits.storage import storage_from_string
+import anyio
+from cachetools import LRUCache
 
 from axione_asgi.config import AxioneConfig, TierLimits
 from axione_asgi.errors import RateLimited
 from axione_asgi.keys import KeyRecord, KeyStore
+from axione_asgi.quota.counters import DailyCounters, Verdict, open_counters
+from axione_asgi.quota.days import Clock, next_midnight, seconds_until, utc_day, utc_now
+from axione_asgi.quota.ledger import Ledger, LedgerWriter, UsageRecord, open_ledger
+from axione_asgi.quota.tiers import DayUse, TierTable
 
-__all__ = ["Admission", "Clock", "QuotaService"]
+__all__ = ["Admission", "Clock", "QuotaExceeded", "QuotaService", "Snapshot"]
 
-Clock = Callable[[], datetime]
+logger = logging.getLogger("axione")
+
+# How long a worker that lost a key's rollover claim waits for the winner's decision.
+_DECISION_WAIT_S = 1.0
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A key's day as the headers and `/usage` report it.
+
+    `requests` and `tokens` are the day's counts; after an admission they
+    include the current request and its token reservation (OpenAI's
+    convention for `x-ratelimit-remaining-*`).
+    """
+
+    tier: int
+    limits: TierLimits
+    day: date
+    requests: int
+    tokens: int
+
+    @property
+    def resets_at(self) -> datetime:
+        """00:00 UTC after `day`."""
+        return next_midnight(self.day)
+
+    @property
+    def remaining_requests(self) -> int:
+        """Requests left today, never below zero."""
+        return max(0, self.limits.requests_per_day - self.requests)
+
+    @property
+    def remaining_tokens(self) -> int:
+        """Tokens left today, never below zero."""
+        return max(0, self.limits.tokens_per_day - self.tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """One admitted request: what to settle, and the counters as admitted."""
+
+    key_id: str
+    admitted_at: datetime
+    snapshot: Snapshot
+    reserved: int
+
+    @property
+    def day(self) -> date:
+        """The UTC day the request counts on (even if it ends after midnight)."""
+        return self.snapshot.day
 
 
 @dataclass(slots=True)
-class Admission:
-    """One admitted request's counters, as the headers report them."""
+class _KeyState:
+    checked: date | None = None
+    promoted_from: int = 0
+    promoted_to: int = 0
 
-    day: date
-    limits: TierLimits
-    requests_used: int
-    tokens_used: int
-    reserved_tokens: int
-    resets_at: datetime
+    def promote(self, record_tier: int, tier: int) -> None:
+        self.promoted_from, self.promoted_to = record_tier, tier
+
+
+class QuotaExceeded(RateLimited):
+    """429 with `Retry-After`, carrying the counters that refused the request."""
+
+    def __init__(self, message: str, *, code: str, snapshot: Snapshot, retry_after: int) -> None:
+        super().__init__(message, code=code, headers={"retry-after": str(max(1, retry_after))})
+        self.snapshot = snapshot
 
 
 class QuotaService:
-    """Counts requests and tokens per key and UTC day on a `limits` storage."""
+    """Counts requests and tokens per key and UTC day, promotes tiers, feeds the ledger.
+
+    One per app (and so per worker). Counters live on the `limits` storage
+    `storage.counters` names; share a Redis among workers so their limits are
+    one. The ledger is written by a background thread; `stop()` flushes it.
+    """
 
     def __init__(
         self,
@@ -44,75 +104,236 @@ class QuotaService:
         *,
         key_store: KeyStore,
         clock: Clock | None = None,
+        counters: DailyCounters | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.config = config
         self.key_store = key_store
         self.clock = clock or utc_now
-        self.tiers = config.tier_table()
-        uri = config.storage.counters
-        self.storage: Storage = storage_from_string(
-            uri if uri.startswith("async+") else f"async+{uri}"
-        )
+        self.tiers = TierTable(config.tier_table(), config.tier_policy)
+        self.counters = counters or open_counters(config.storage.counters)
+        self.ledger = ledger or open_ledger(config.storage.ledger)
+        self.writer = LedgerWriter(self.ledger)
+        # What this process knows of each key's days: when its rollover was
+        # last looked at, and the promotion it got. KeyAuthMiddleware caches
+        # key records for a while, so a new tier applies through here until
+        # the cached record shows it.
+        self._keys: LRUCache[str, _KeyState] = LRUCache(maxsize=200_000)
+        self._pending: dict[str, anyio.Event] = {}
 
+    # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
-        return None
+        """Start the ledger writer."""
+        self.writer.start()
 
     async def stop(self) -> None:
-        return None
+        """Flush the ledger, then release the counters' and the ledger's connections."""
+        await self.writer.stop()
+        try:
+            await self.counters.close()
+        finally:
+            await anyio.to_thread.run_sync(self.ledger.close)
 
-    def limits_for(self, key: KeyRecord) -> TierLimits:
-        return self.tiers.get(key.tier) or self.tiers[max(self.tiers)]
+    # -- tiers ---------------------------------------------------------------
+    def limits_for(self, tier: int) -> TierLimits:
+        """A tier's daily limits."""
+        return self.tiers.limits_for(tier)
 
-    def _day(self) -> tuple[date, datetime]:
-        now = self.clock()
-        day = now.astimezone(UTC).date()
-        return day, datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
+    def _effective(self, key: KeyRecord, state: _KeyState | None) -> int:
+        if state is not None and state.promoted_to and key.tier == state.promoted_from:
+            return state.promoted_to
+        return key.tier
 
-    def _key(self, kind: str, key: KeyRecord, day: date) -> str:
-        return f"axione/{kind}/{key.id}/{day.isoformat()}"
+    async def tier_of(self, key: KeyRecord, now: datetime | None = None) -> int:
+        """The key's tier for this request, after its day-rollover promotion if due.
 
-    async def admit(self, key: KeyRecord, reserve_tokens: int) -> Admission:
-        day, resets_at = self._day()
-        lim = self.limits_for(key)
-        expiry = 2 * 86400
-        used = await self.storage.incr(self._key("req", key, day), expiry, 1)
-        tokens = await self.storage.get(self._key("tok", key, day))
-        retry = {"retry-after": str(max(1, int((resets_at - self.clock()).total_seconds())))}
-        if used > lim.requests_per_day:
-            await self.storage.incr(self._key("req", key, day), expiry, -1)
-            raise RateLimited(
-                f"Daily request limit of {lim.requests_per_day} reached for tier {key.tier}",
+        The promotion is looked at on a key's first request of each UTC day;
+        afterwards this is a cache lookup.
+        """
+        state = self._keys.get(key.id)
+        tier = self._effective(key, state)
+        if key.source == "config" or not self.tiers.can_rise(tier):
+            return tier
+        day = utc_day(now or self.clock())
+        if state is None or state.checked != day:
+            await self._rollover(key, day)
+            tier = self._effective(key, self._keys.get(key.id))
+        return tier
+
+    async def _rollover(self, key: KeyRecord, day: date) -> None:
+        # Concurrent first requests of one key in this process wait for one check.
+        pending = self._pending.get(key.id)
+        if pending is not None:
+            await pending.wait()
+            return
+        pending = self._pending[key.id] = anyio.Event()
+        try:
+            state = self._keys.get(key.id) or _KeyState()
+            if state.checked == day:
+                return
+            tier = self._effective(key, state)
+            if await self.counters.claim_rollover(key.id, day):
+                yesterday = await self.counters.read(key.id, day - timedelta(days=1))
+                new_tier = self.tiers.promotion(tier, yesterday)
+                # Published even when unchanged: the other workers wait for it.
+                await self.counters.publish_tier(key.id, day, new_tier or tier)
+                if new_tier is not None:
+                    state.promote(key.tier, new_tier)
+                    await self._persist_tier(key, tier, new_tier, yesterday)
+            else:
+                decided = await self._published_tier(key.id, day)
+                if decided > tier:
+                    state.promote(key.tier, decided)
+            state.checked = day
+            self._keys[key.id] = state
+        finally:
+            del self._pending[key.id]
+            pending.set()
+
+    async def _published_tier(self, key_id: str, day: date) -> int:
+        # The claim and the decision are two writes: a worker that lost the
+        # claim may read between them, so it waits a little for the decision.
+        # If the winner died in between, the key keeps its tier here until
+        # KeyAuthMiddleware's cache shows what the store holds.
+        with anyio.move_on_after(_DECISION_WAIT_S):
+            while True:
+                decided = await self.counters.published_tier(key_id, day)
+                if decided:
+                    return decided
+                await anyio.sleep(0.005)
+        return 0
+
+    async def _persist_tier(self, key: KeyRecord, old: int, new: int, yesterday: DayUse) -> None:
+        try:
+            if not await self.key_store.set_tier(key.id, new):
+                logger.warning("promotion of key %s: the key store has no such key", key.id)
+                return
+        except Exception:
+            # The promotion still holds for this day through the counters.
+            logger.exception("promotion of key %s to tier %d could not be stored", key.id, new)
+            return
+        logger.info(
+            "key %s promoted from tier %d to %d (yesterday: %d requests, %d tokens)",
+            key.id,
+            old,
+            new,
+            yesterday.requests,
+            yesterday.tokens,
+        )
+
+    # -- admission and settlement --------------------------------------------
+    async def admit(
+        self,
+        key: KeyRecord,
+        reserve_tokens: int = 0,
+        *,
+        tier: int | None = None,
+        now: datetime | None = None,
+    ) -> Admission:
+        """Count one request and reserve its tokens, or raise `QuotaExceeded`."""
+        now = now or self.clock()
+        if tier is None:
+            tier = await self.tier_of(key, now)
+        day = utc_day(now)
+        limits = self.tiers.limits_for(tier)
+        result = await self.counters.admit(
+            key.id,
+            day,
+            request_limit=limits.requests_per_day,
+            token_limit=limits.tokens_per_day,
+            reserve=max(0, reserve_tokens),
+        )
+        snapshot = Snapshot(tier, limits, day, result.requests, result.tokens)
+        if result.verdict is Verdict.ADMITTED:
+            return Admission(key.id, now, snapshot, result.reserved)
+        retry_after = seconds_until(now, snapshot.resets_at)
+        if result.verdict is Verdict.REQUESTS_SPENT:
+            raise QuotaExceeded(
+                f"Daily request limit reached: {limits.requests_per_day} requests per day "
+                f"for tier {tier}. It resets at 00:00 UTC, in {retry_after} seconds.",
                 code="daily_request_limit_exceeded",
-                headers=retry,
+                snapshot=snapshot,
+                retry_after=retry_after,
             )
-        if tokens >= lim.tokens_per_day:
-            await self.storage.incr(self._key("req", key, day), expiry, -1)
-            raise RateLimited(
-                f"Daily token limit of {lim.tokens_per_day} reached for tier {key.tier}",
-                code="daily_token_limit_exceeded",
-                headers=retry,
-            )
-        return Admission(day, lim, used, tokens, reserve_tokens, resets_at)
+        raise QuotaExceeded(
+            f"Daily token limit reached: {limits.tokens_per_day} tokens per day for tier "
+            f"{tier} ({result.tokens} used or reserved). It resets at 00:00 UTC, in "
+            f"{retry_after} seconds.",
+            code="daily_token_limit_exceeded",
+            snapshot=snapshot,
+            retry_after=retry_after,
+        )
 
-    async def settle(self, key: KeyRecord, admission: Admission, tokens: int) -> None:
-        if tokens:
-            await self.storage.incr(self._key("tok", key, admission.day), 2 * 86400, tokens)
+    async def settle(
+        self,
+        admission: Admission,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        estimated: bool = False,
+        model: str | None = None,
+        provider: str | None = None,
+        status: int = 200,
+        latency_ms: float = 0.0,
+        request_id: str | None = None,
+    ) -> None:
+        """Replace the reservation by the real count, and queue the ledger record."""
+        prompt_tokens = max(0, prompt_tokens)
+        completion_tokens = max(0, completion_tokens)
+        delta = prompt_tokens + completion_tokens - admission.reserved
+        try:
+            if delta:
+                # Shielded: this runs as a request ends, often because its
+                # client went away and cancelled it; the count must still move.
+                with anyio.CancelScope(shield=True):
+                    await self.counters.settle(admission.key_id, admission.day, delta)
+        finally:
+            self.writer.submit(
+                UsageRecord(
+                    time=admission.admitted_at,
+                    key_id=admission.key_id,
+                    model=model,
+                    provider=provider,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    estimated=estimated,
+                    status=status,
+                    latency_ms=latency_ms,
+                    request_id=request_id,
+                )
+            )
+
+    async def snapshot(
+        self, key: KeyRecord, *, tier: int | None = None, now: datetime | None = None
+    ) -> Snapshot:
+        """The key's day without counting anything."""
+        now = now or self.clock()
+        if tier is None:
+            tier = await self.tier_of(key, now)
+        day = utc_day(now)
+        use = await self.counters.read(key.id, day)
+        return Snapshot(tier, self.tiers.limits_for(tier), day, use.requests, use.tokens)
 
     async def usage(self, key: KeyRecord) -> dict[str, Any]:
-        day, resets_at = self._day()
-        lim = self.limits_for(key)
-        req = await self.storage.get(self._key("req", key, day))
-        tok = await self.storage.get(self._key("tok", key, day))
-        return {
-            "object": "usage",
-            "key_id": key.id,
-            "tier": key.tier,
-            "day": day.isoformat(),
-            "limits": {"requests_per_day": lim.requests_per_day, "tokens_per_day": lim.tokens_per_day},
-            "used": {"requests": req, "tokens": tok},
-            "remaining": {
-                "requests": max(0, lim.requests_per_day - req),
-                "tokens": max(0, lim.tokens_per_day - tok),
-            },
-            "resets_at": resets_at.isoformat().replace("+00:00", "Z"),
-        }
+        """SPEC section 8's `/usage` answer for `key`, from the counters.
+
+        `used.tokens` includes the reservations of requests still running.
+        """
+        return usage_dict(key, await self.snapshot(key))
+
+
+def usage_dict(key: KeyRecord, snap: Snapshot) -> dict[str, Any]:
+    """The `/usage` object of SPEC section 8 for one key's snapshot."""
+    return {
+        "object": "usage",
+        "key_id": key.id,
+        "tier": snap.tier,
+        "day": snap.day.isoformat(),
+        "limits": {
+            "requests_per_day": snap.limits.requests_per_day,
+            "tokens_per_day": snap.limits.tokens_per_day,
+        },
+        "used": {"requests": snap.requests, "tokens": snap.tokens},
+        "remaining": {"requests": snap.remaining_requests, "tokens": snap.remaining_tokens},
+        "resets_at": snap.resets_at.isoformat().replace("+00:00", "Z"),
+    }
