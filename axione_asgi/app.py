@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from axione_asgi.cache import ChatCache, open_chat_cache
 from axione_asgi.config import AxioneConfig
 from axione_asgi.keys import KeyStore
 from axione_asgi.middleware.auth import KeyAuthMiddleware
@@ -20,6 +21,7 @@ from axione_asgi.middleware.quota import TierQuotaMiddleware
 from axione_asgi.providers.base import Provider, ProviderRegistry
 from axione_asgi.providers.factory import build_providers
 from axione_asgi.quota import QuotaService
+from axione_asgi.quota.days import utc_now
 from axione_asgi.quota.service import Clock
 from axione_asgi.routes import GatewayRoutes
 from axione_asgi.stores import open_key_store
@@ -34,11 +36,16 @@ class Runtime:
     """What one gateway app owns: providers, key store, quota. Starts once, stops once."""
 
     def __init__(
-        self, registry: ProviderRegistry, key_store: KeyStore, quota: QuotaService
+        self,
+        registry: ProviderRegistry,
+        key_store: KeyStore,
+        quota: QuotaService,
+        cache: ChatCache | None = None,
     ) -> None:
         self.registry = registry
         self.key_store = key_store
         self.quota = quota
+        self.cache = cache
         self.started = False
         self._lock = anyio.Lock()
 
@@ -62,6 +69,8 @@ class Runtime:
             with anyio.CancelScope(shield=True):
                 await self.quota.stop()
                 await self.registry.close_all()
+                if self.cache is not None:
+                    await self.cache.aclose()
 
 
 class _StartOnFirstRequest:
@@ -120,8 +129,9 @@ def create_app(
     registry = ProviderRegistry(built)
     store = key_store or open_key_store(config.storage.keys, config.keys)
     quota = QuotaService(config, key_store=store, clock=clock)
-    runtime = Runtime(registry, store, quota)
-    routes = GatewayRoutes(registry, quota, config)
+    cache = open_chat_cache(config.cache, config.storage.counters, clock or utc_now)
+    runtime = Runtime(registry, store, quota, cache)
+    routes = GatewayRoutes(registry, quota, config, cache=cache)
 
     app = AxioneApp(
         routes=routes.routes(),

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = [
     "DEFAULT_TIERS",
     "AxioneConfig",
+    "CacheConfig",
     "ConfigError",
     "ProviderConfig",
     "RequestLimits",
@@ -189,6 +190,20 @@ class RequestLimits(_Strict):
     body_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class CacheConfig(_Strict):
+    """The opt-in cache of non-streamed chat answers."""
+
+    enabled: bool = False
+    # "deterministic": only requests with temperature 0 (or the request header
+    # `x-axione-cache: use`); "always": every non-streamed request.
+    mode: Literal["deterministic", "always"] = "deterministic"
+    ttl_s: float = Field(default=300.0, gt=0)
+    max_entries: int = Field(default=10_000, ge=1)
+    max_entry_bytes: int = Field(default=1_000_000, ge=1)
+    # Keys never share entries unless the operator says so here.
+    shared_across_keys: bool = False
+
+
 class AxioneConfig(_Strict):
     """The whole configuration; defaults serve the embedded case."""
 
@@ -206,6 +221,7 @@ class AxioneConfig(_Strict):
     request: RequestLimits = Field(default_factory=RequestLimits)
     # Per public model id, the models to try in order when it fails.
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @field_validator("prefix")
     @classmethod

@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive
 
+from axione_asgi.cache import CACHE_HEADER, ChatCache
 from axione_asgi.config import AxioneConfig
 from axione_asgi.errors import (
     AxioneError,
@@ -217,9 +218,15 @@ class GatewayRoutes:
     """The gateway's endpoints over one provider registry and quota service."""
 
     def __init__(
-        self, registry: ProviderRegistry, quota: QuotaService, config: AxioneConfig
+        self,
+        registry: ProviderRegistry,
+        quota: QuotaService,
+        config: AxioneConfig,
+        *,
+        cache: ChatCache | None = None,
     ) -> None:
         self.registry = registry
+        self.cache = cache
         self.quota = quota
         self.config = config
         self.max_body_bytes = config.max_body_bytes
@@ -339,10 +346,21 @@ class GatewayRoutes:
                 f"{self.config.request.max_messages})",
                 param="messages",
             )
-        candidates = self.candidates(chat, key_of(request.scope))
+        key = key_of(request.scope)
+        candidates = self.candidates(chat, key)
         primary = candidates[0]
         prompt_estimate = estimate_prompt_tokens(chat)
         quota = quota_of(request.scope)
+        cache_key = None
+        if self.cache is not None:
+            cache_key = self.cache.key_for(chat, request.headers, key.id if key else None)
+            cached = await self.cache.get(cache_key) if cache_key is not None else None
+            if cached is not None:
+                if quota is not None:
+                    # A hit costs one request and no tokens.
+                    await quota.admit(model=primary.public_id, provider=primary.provider_name)
+                    quota.report(prompt_tokens=0, completion_tokens=0, cache_hit=True)
+                return Response(cached, media_type=JSON, headers={CACHE_HEADER: "hit"})
         if quota is not None:
             await quota.admit(
                 reserve_tokens=prompt_estimate + (chat.output_cap or DEFAULT_OUTPUT_RESERVE),
@@ -367,7 +385,11 @@ class GatewayRoutes:
         if quota is not None:
             chars_out = sum(len(c.message.content or "") for c in completion.choices)
             _report(quota, completion.usage, prompt_estimate, chars_out)
-        return Response(completion.model_dump_json(exclude_none=True), media_type=JSON)
+        body = completion.model_dump_json(exclude_none=True).encode()
+        if cache_key is None or self.cache is None:
+            return Response(body, media_type=JSON)
+        await self.cache.put(cache_key, body)
+        return Response(body, media_type=JSON, headers={CACHE_HEADER: "miss"})
 
     async def _open_stream(self, chat: ChatCompletionRequest, route: ModelRoute) -> Opened:
         chunks = aiter(route.provider.stream(chat, route.model))

@@ -41,9 +41,17 @@ class QuotaHandle(Protocol):
         ...
 
     def report(
-        self, *, prompt_tokens: int, completion_tokens: int, estimated: bool = False
+        self,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        estimated: bool = False,
+        cache_hit: bool = False,
     ) -> None:
-        """Record the request's real token usage (replaces an earlier report)."""
+        """Record the request's real token usage (replaces an earlier report).
+
+        `cache_hit` marks an answer served from the response cache.
+        """
         ...
 
     def exempt(self) -> None:

@@ -50,6 +50,7 @@ class _Handle:
     __slots__ = (
         "_reported_event",
         "admission",
+        "cache_hit",
         "completion_tokens",
         "estimated",
         "exempted",
@@ -77,6 +78,7 @@ class _Handle:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.estimated = False
+        self.cache_hit = False
         self.reported = False
         self.exempted = False
         self.implicit = False
@@ -99,11 +101,17 @@ class _Handle:
         self.snapshot = self.admission.snapshot
 
     def report(
-        self, *, prompt_tokens: int, completion_tokens: int, estimated: bool = False
+        self,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        estimated: bool = False,
+        cache_hit: bool = False,
     ) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
         self.estimated = estimated
+        self.cache_hit = cache_hit
         self.reported = True
         if self._reported_event is not None:
             self._reported_event.set()
@@ -210,6 +218,7 @@ class TierQuotaMiddleware:
                         status=status if completed else _CLIENT_GONE,
                         latency_ms=(time.monotonic() - began) * 1000,
                         request_id=request_id_of(scope),
+                        cache_hit=handle.cache_hit,
                     )
                 except Exception:
                     # The answer is already out: a failing counter store must

@@ -58,6 +58,7 @@ class UsageRecord:
     status: int
     latency_ms: float
     request_id: str | None = None
+    cache_hit: bool = False
 
     @property
     def day(self) -> date:
@@ -153,19 +154,20 @@ CREATE TABLE IF NOT EXISTS usage_ledger (
     estimated INTEGER NOT NULL,
     status INTEGER NOT NULL,
     latency_ms REAL NOT NULL,
-    request_id TEXT
+    request_id TEXT,
+    cache_hit INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_ledger_day_key ON usage_ledger (day, key_id);
 """
 
 _COLUMNS = (
     "time, key_id, model, provider, prompt_tokens, completion_tokens, estimated, status, "
-    "latency_ms, request_id"
+    "latency_ms, request_id, cache_hit"
 )
 _INSERT = (
     "INSERT INTO usage_ledger (time, day, key_id, model, provider, prompt_tokens, "
-    "completion_tokens, estimated, status, latency_ms, request_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "completion_tokens, estimated, status, latency_ms, request_id, cache_hit) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -182,6 +184,7 @@ def _row(r: UsageRecord) -> tuple[object, ...]:
         r.status,
         r.latency_ms,
         r.request_id,
+        int(r.cache_hit),
     )
 
 
@@ -201,6 +204,11 @@ class SQLiteLedger:
         if self._conn is None:
             conn = connect(self.path)
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(usage_ledger)")}
+            if "cache_hit" not in columns:  # a ledger written before the response cache
+                conn.execute(
+                    "ALTER TABLE usage_ledger ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0"
+                )
             self._conn = conn
         return self._conn
 
@@ -237,6 +245,7 @@ class SQLiteLedger:
                 status=row[7],
                 latency_ms=row[8],
                 request_id=row[9],
+                cache_hit=bool(row[10]),
             )
             for row in rows
         ]

@@ -276,6 +276,7 @@ class QuotaService:
         status: int = 200,
         latency_ms: float = 0.0,
         request_id: str | None = None,
+        cache_hit: bool = False,
     ) -> None:
         """Replace the reservation by the real count, and queue the ledger record."""
         prompt_tokens = max(0, prompt_tokens)
@@ -300,6 +301,7 @@ class QuotaService:
                     status=status,
                     latency_ms=latency_ms,
                     request_id=request_id,
+                    cache_hit=cache_hit,
                 )
             )
 
