@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -22,8 +24,11 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff")
-    session.run("ruff", "check", "axione_asgi", "tests", "benchmarks", "examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "axione_asgi", "tests", "benchmarks", "examples")
+    paths = [
+        p for p in ("axione_asgi", "tests", "benchmarks", "examples", "docs") if Path(p).exists()
+    ]
+    session.run("ruff", "check", *paths, "noxfile.py")
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session(python=PYTHON)
