@@ -34,7 +34,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[redis]", "mypy", "types-cachetools")
+    session.install("-e", ".[redis,metrics,otel]", "mypy", "types-cachetools")
     session.run("mypy", "--strict", "axione_asgi")
 
 
@@ -50,4 +50,23 @@ def docs(session: nox.Session) -> None:
         "--site-dir",
         f"{site}/site",
         env={"NO_MKDOCS_2_WARNING": "1"},
+    )
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmark beside the fake upstream (wrk from Debian if installed); never in CI.
+
+    `nox -s bench -- --peers litellm,portkey` adds the peers (docs/benchmarks.md).
+    """
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/run.py", "--duration", "10", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_smoke(session: nox.Session) -> None:
+    """A few seconds of the benchmark harness: it runs and writes its files; no figure asserted."""
+    session.install("-e", ".[bench]")
+    session.run(
+        "python", "benchmarks/run.py", "--smoke", "--out", session.create_tmp(), *session.posargs
     )

@@ -1,0 +1,231 @@
+"""Turn a benchmark results dict into a markdown table, target checks and a chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ORDER = ["direct", "axione", "portkey", "litellm"]
+
+
+def _get(results: dict[str, Any], target: str, *path: str) -> float | None:
+    node: Any = results["targets"].get(target)
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, int | float) else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
+    ("chat RPS c1", ("scenarios", "chat_c1", "rps"), ",.0f"),
+    ("chat RPS c16", ("scenarios", "chat_c16", "rps"), ",.0f"),
+    ("chat RPS c64", ("scenarios", "chat_c64", "rps"), ",.0f"),
+    ("CPU ms/req (c16)", ("scenarios", "chat_c16", "cpu_ms_per_req"), ".3f"),
+    ("p50 ms c1", ("scenarios", "chat_c1", "p50_ms"), ".2f"),
+    ("p99 ms c1", ("scenarios", "chat_c1", "p99_ms"), ".2f"),
+    ("stream20 RPS c16", ("scenarios", "stream20_c16", "rps"), ",.0f"),
+    ("CPU ms/stream20", ("scenarios", "stream20_c16", "cpu_ms_per_req"), ".3f"),
+    ("stream200 RPS c16", ("scenarios", "stream200_c16", "rps"), ",.0f"),
+    ("CPU ms/stream200", ("scenarios", "stream200_c16", "cpu_ms_per_req"), ".3f"),
+    ("TTFE p50 ms", ("ttfe", "p50_ms"), ".2f"),
+    ("TTFE p99 ms", ("ttfe", "p99_ms"), ".2f"),
+    ("RSS idle MB", ("rss_idle_mb",), ".0f"),
+    ("RSS after MB", ("rss_after_mb",), ".0f"),
+    ("start to first 200 s", ("startup_s",), ".2f"),
+]
+
+
+def _names(results: dict[str, Any]) -> list[str]:
+    present = list(results["targets"])
+    return [n for n in ORDER if n in present] + [n for n in present if n not in ORDER]
+
+
+def main_table(results: dict[str, Any]) -> str:
+    names = _names(results)
+    head = "| target | " + " | ".join(c[0] for c in COLUMNS) + " |"
+    rule = "|---|" + "---:|" * len(COLUMNS)
+    rows = [
+        f"| {n} | " + " | ".join(_fmt(_get(results, n, *p), f) for _, p, f in COLUMNS) + " |"
+        for n in names
+    ]
+    return "\n".join([head, rule, *rows])
+
+
+def harness_table(results: dict[str, Any]) -> str:
+    """Core use per scenario: shows whether the gateway or the harness was the limit."""
+    lines = [
+        "| target | scenario | RPS | errors | gateway core % | upstream core % | driver core % "
+        "| idle targets' core % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in _names(results):
+        for sc, row in results["targets"][name].get("scenarios", {}).items():
+            lines.append(
+                f"| {name} | {sc} | {row['rps']:,.0f} | {row['errors']} | "
+                f"{row['gateway_core_pct']:.0f} | {row['upstream_core_pct']:.0f} | "
+                f"{row['driver_core_pct']:.0f} | {row.get('idle_neighbours_core_pct', 0):.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """The issue's targets, each as (what, measured, goal, met)."""
+    out: list[tuple[str, str, str, bool | None]] = []
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    def add(what: str, value: float | None, goal: float, spec: str, *, at_most: bool) -> None:
+        met = None if value is None else (value <= goal if at_most else value >= goal)
+        out.append(
+            (what, _fmt(value, spec), ("<= " if at_most else ">= ") + format(goal, spec), met)
+        )
+
+    g = "axione"
+    for conns in ("c16", "c64"):
+        rps = _get(results, g, "scenarios", f"chat_{conns}", "rps")
+        add(
+            f"chat RPS {conns} vs portkey",
+            ratio(rps, _get(results, "portkey", "scenarios", f"chat_{conns}", "rps")),
+            2,
+            ".2f",
+            at_most=False,
+        )
+        add(
+            f"chat RPS {conns} vs litellm",
+            ratio(rps, _get(results, "litellm", "scenarios", f"chat_{conns}", "rps")),
+            15,
+            ".1f",
+            at_most=False,
+        )
+    add(
+        "gateway CPU ms/request (chat c16)",
+        _get(results, g, "scenarios", "chat_c16", "cpu_ms_per_req"),
+        0.4,
+        ".3f",
+        at_most=True,
+    )
+
+    def added(*path: str) -> float | None:
+        a, d = _get(results, g, *path), _get(results, "direct", *path)
+        return a - d if a is not None and d is not None else None
+
+    add("added p50 ms at 1 conn", added("scenarios", "chat_c1", "p50_ms"), 0.5, ".2f", at_most=True)
+    add("added p99 ms at 1 conn", added("scenarios", "chat_c1", "p99_ms"), 2, ".2f", at_most=True)
+    add("added TTFE p50 ms", added("ttfe", "p50_ms"), 1, ".2f", at_most=True)
+    add(
+        "stream20 RPS vs portkey",
+        ratio(
+            _get(results, g, "scenarios", "stream20_c16", "rps"),
+            _get(results, "portkey", "scenarios", "stream20_c16", "rps"),
+        ),
+        2,
+        ".2f",
+        at_most=False,
+    )
+    c20 = _get(results, g, "scenarios", "stream20_c16", "cpu_ms_per_req")
+    c200 = _get(results, g, "scenarios", "stream200_c16", "cpu_ms_per_req")
+    if c20 is not None and c200 is not None:
+        per_chunk = (c200 - c20) / 180
+        out.append(
+            (
+                "CPU ms per streamed chunk (from 20 vs 200 chunks)",
+                f"{per_chunk:.4f}",
+                "small, linear",
+                None,
+            )
+        )
+    add("RSS idle MB", _get(results, g, "rss_idle_mb"), 60, ".0f", at_most=True)
+    add("start to first 200 s", _get(results, g, "startup_s"), 0.5, ".2f", at_most=True)
+    return out
+
+
+def checks_table(results: dict[str, Any]) -> str:
+    lines = ["| target (issue 5) | measured | goal | met |", "|---|---:|---:|:---:|"]
+    for what, value, goal, met in checks(results):
+        mark = "n/a" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {what} | {value} | {goal} | {mark} |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+    parts = [
+        f"# Benchmark {meta['started']}" + (" (smoke)" if meta.get("smoke") else ""),
+        "",
+        f"{meta['duration_s']:g} s per scenario in {meta.get('rounds', 1)} interleaved rounds "
+        f"(figures: medians over rounds); driver {meta['driver']}; "
+        f"gateway pinned to core {meta['pinned']['gateway']}, upstream and driver to core "
+        f"{meta['pinned']['harness']}; load average before {' '.join(meta['loadavg_before'])}, "
+        f"after {' '.join(meta.get('loadavg_after', []))}.",
+        "",
+        f"Versions: {versions}.",
+        "",
+        main_table(results),
+        "",
+        "## Against the issue's targets (ratios within this run)",
+        "",
+        checks_table(results),
+        "",
+        "## Where each core went",
+        "",
+        harness_table(results),
+    ]
+    notes = [f"- {n}: {t['notes']}" for n, t in results["targets"].items() if t.get("notes")]
+    if notes:
+        parts += ["", "## Targets", "", *notes]
+    if results.get("failures"):
+        parts += ["", "## Failures", ""]
+        parts += [
+            f"- {n}: `{e.splitlines()[0] if e else ''}`" for n, e in results["failures"].items()
+        ]
+    return "\n".join(parts) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> str:
+    """A PNG of the headline figures; a note instead when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no chart: matplotlib is not installed (pip install '.[bench]')"
+    names = _names(results)
+    panels = [
+        ("chat RPS, 16 connections", ("scenarios", "chat_c16", "rps"), True),
+        ("chat RPS, 64 connections", ("scenarios", "chat_c64", "rps"), True),
+        ("gateway CPU ms per request", ("scenarios", "chat_c16", "cpu_ms_per_req"), True),
+        ("p50 ms at 1 connection", ("scenarios", "chat_c1", "p50_ms"), True),
+        ("20-chunk streams per second", ("scenarios", "stream20_c16", "rps"), True),
+        ("time to first event p50, ms", ("ttfe", "p50_ms"), True),
+        ("RSS idle, MB", ("rss_idle_mb",), False),
+        ("start to first 200, s", ("startup_s",), True),
+    ]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    colors = {"direct": "#999999", "axione": "#2a7ab9", "portkey": "#e38d2c", "litellm": "#4a9e4a"}
+    for ax, (title, key, log) in zip(axes.flat, panels, strict=True):
+        values = [_get(results, n, *key) for n in names]
+        shown = [(n, v) for n, v in zip(names, values, strict=True) if v is not None]
+        ax.bar(
+            [n for n, _ in shown],
+            [v for _, v in shown],
+            color=[colors.get(n, "#666666") for n, _ in shown],
+        )
+        for i, (_, v) in enumerate(shown):
+            label = f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+            ax.annotate(label, (i, v), ha="center", va="bottom", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        if log and shown and min(v for _, v in shown) > 0:
+            ax.set_yscale("log")
+    fig.suptitle(f"Axione benchmark {results['meta']['started']} (one run, ratios comparable)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return f"chart: {path}"

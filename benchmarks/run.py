@@ -1,0 +1,446 @@
+"""Benchmark Axione beside the fake upstream alone (`direct`) and real peers, in one run.
+
+    python benchmarks/run.py                          # direct + axione, 10 s a scenario
+    python benchmarks/run.py --peers litellm,portkey  # side by side with the peers
+    python benchmarks/run.py --smoke                  # ~5 s: the harness works
+
+The gateway under test runs pinned to core 0 (`taskset -c 0`); the fake
+upstream, the load driver (wrk, else the asyncio driver in load.py) and this
+script share core 1. Writes benchmarks/results/<timestamp>.{json,md,png}.
+docs/benchmarks.md tells how to read the figures and install the peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import load  # noqa: E402
+import report  # noqa: E402
+import targets  # noqa: E402
+
+GATEWAY_CORE = 0
+HARNESS_CORE = 1
+
+# Model names are how the fake upstream is told the shape of its answer.
+CHAT = "gpt-4o-mini"
+STREAM20 = "gpt-4o-mini-c20"
+STREAM200 = "gpt-4o-mini-c200"
+PACED = "gpt-4o-mini-c3-i10"  # 3 chunks, 10 ms apart: a buffering gateway shows >= 10 ms
+SHAPES = [CHAT, STREAM20, STREAM200, PACED]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    shape: str
+    connections: int
+    stream: bool = False
+
+
+FULL = [
+    Scenario("chat_c1", CHAT, 1),
+    Scenario("chat_c16", CHAT, 16),
+    Scenario("chat_c64", CHAT, 64),
+    Scenario("stream20_c16", STREAM20, 16, stream=True),
+    Scenario("stream200_c16", STREAM200, 16, stream=True),
+]
+SMOKE = [
+    Scenario("chat_c16", CHAT, 16),
+    Scenario("stream20_c16", STREAM20, 16, stream=True),
+]
+
+
+def body(model: str, *, stream: bool) -> bytes:
+    data: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+        "max_tokens": 32,
+    }
+    if stream:
+        data["stream"] = True
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def request_for(target: targets.Target, shape: str, *, stream: bool) -> load.Request:
+    return load.Request(
+        f"{target.base_url}/chat/completions",
+        body(target.model(shape), stream=stream),
+        dict(target.headers),
+    )
+
+
+def check_answers(target: targets.Target) -> None:
+    """One request of each kind, read whole: the load figures count only right answers."""
+    status, raw = load.fetch(request_for(target, CHAT, stream=False))
+    if status != 200:
+        raise RuntimeError(f"{target.name}: chat answered {status}: {raw[:500]!r}")
+    answer = json.loads(raw)
+    if not answer["choices"][0]["message"]["content"]:
+        raise RuntimeError(f"{target.name}: chat answer has no content: {raw[:500]!r}")
+    status, raw = load.fetch(request_for(target, STREAM20, stream=True))
+    events = [ln[6:] for ln in raw.decode().splitlines() if ln.startswith("data: ")]
+    contents = 0
+    for event in events[:-1]:
+        chunk = json.loads(event)
+        contents += sum(1 for c in chunk.get("choices", []) if c.get("delta", {}).get("content"))
+    if status != 200 or not events or events[-1] != "[DONE]" or contents != 20:
+        raise RuntimeError(
+            f"{target.name}: stream answered {status}, {contents} content chunks, "
+            f"last event {events[-1] if events else None!r}"
+        )
+
+
+class Live:
+    """A started target and what has been measured of it so far."""
+
+    def __init__(self, name: str, target: targets.Target, upstream: load.ProcTree) -> None:
+        self.name = name
+        self.target = target
+        self.tree = target.tree() or upstream
+        self.out: dict[str, Any] = {"notes": target.notes, "scenarios": {}, "rounds": {}}
+        self.firsts: list[float] = []
+        self.stream_totals: list[float] = []
+        self.ttfe_failures = 0
+
+
+def prepare(
+    name: str,
+    target: targets.Target,
+    upstream: load.ProcTree,
+    args: argparse.Namespace,
+    log_dir: Path,
+) -> Live:
+    """Start the target alone: time to first 200, right answers, idle RSS."""
+    target.start(log_dir)
+    try:
+        chat = request_for(target, CHAT, stream=False)
+        live = Live(name, target, upstream)
+        if target.command is not None:
+            live.out["startup_s"] = targets.wait_first_200(
+                lambda: load.fetch(chat, timeout=2)[0], target, timeout=120
+            )
+        else:
+            live.out["startup_s"] = args.upstream_startup_s
+        check_answers(target)
+        time.sleep(args.settle)
+        live.out["rss_idle_mb"] = live.tree.rss_mb()
+        print(
+            f"  {name:8} started in {live.out['startup_s']:.2f} s, "
+            f"RSS idle {live.out['rss_idle_mb']:.0f} MB",
+            flush=True,
+        )
+        return live
+    except BaseException:
+        target.stop()
+        raise
+
+
+def load_once(
+    live: Live,
+    others: list[Live],
+    upstream: load.ProcTree,
+    sc: Scenario,
+    seconds: float,
+    args: argparse.Namespace,
+    core: int | None,
+) -> dict[str, Any]:
+    """One load run against one target, with the CPU it and its neighbours used."""
+    request = request_for(live.target, sc.shape, stream=sc.stream)
+    cpu0, up0 = live.tree.cpu_seconds(), upstream.cpu_seconds()
+    idle0 = sum(o.tree.cpu_seconds() for o in others)
+    result = load.run_load(request, sc.connections, seconds, core=core, tool=args.driver)
+    cpu1, up1 = live.tree.cpu_seconds(), upstream.cpu_seconds()
+    idle1 = sum(o.tree.cpu_seconds() for o in others)
+    row = result.as_dict()
+    row["cpu_ms_per_req"] = (cpu1 - cpu0) * 1000 / max(result.requests, 1)
+    # For `direct` the "gateway" is the upstream itself.
+    row["gateway_core_pct"] = 100 * (cpu1 - cpu0) / result.duration_s
+    row["upstream_core_pct"] = 100 * (up1 - up0) / result.duration_s
+    row["driver_core_pct"] = 100 * result.driver_cpu_s / result.duration_s
+    # The other targets sit idle on the gateway core meanwhile: this shows they stay idle.
+    row["idle_neighbours_core_pct"] = 100 * (idle1 - idle0) / result.duration_s
+    if not live.target.alive():
+        raise RuntimeError(f"{live.name} died under load:\n{live.target.log_tail()}")
+    return row
+
+
+def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds (`requests`, `errors`: the sums)."""
+    out: dict[str, Any] = {}
+    for key, value in rows[0].items():
+        values = [r[key] for r in rows]
+        if key in ("requests", "errors", "duration_s", "driver_cpu_s"):
+            out[key] = sum(values)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = statistics.median(values)
+        else:
+            out[key] = value
+    out["rounds"] = len(rows)
+    return out
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
+
+
+def measure_all(
+    lives: list[Live],
+    upstream: load.ProcTree,
+    scenarios: list[Scenario],
+    args: argparse.Namespace,
+    core: int | None,
+    failures: dict[str, str],
+) -> None:
+    """Rounds of every scenario, targets interleaved, so that a burst of noise from
+    elsewhere on the machine lands on all targets alike rather than on one."""
+    seconds = max(1.0, args.duration / args.rounds)
+    samples = max(1, args.ttfe_samples // args.rounds)
+    if args.warmup > 0:
+        for live in lives:
+            chat = request_for(live.target, CHAT, stream=False)
+            live.out["warmup_rps"] = load.run_load(
+                chat, 16, args.warmup, core=core, tool=args.driver
+            ).rps
+    for rnd in range(args.rounds):
+        print(f"round {rnd + 1}/{args.rounds}", flush=True)
+        for sc in scenarios:
+            for live in list(lives):
+                others = [o for o in lives if o is not live]
+                try:
+                    row = load_once(live, others, upstream, sc, seconds, args, core)
+                except Exception as exc:
+                    failures[live.name] = str(exc)[-3000:]
+                    print(f"  {live.name} failed: {exc}", file=sys.stderr, flush=True)
+                    live.target.stop()
+                    lives.remove(live)
+                    if not args.keep_going:
+                        raise
+                    continue
+                live.out["rounds"].setdefault(sc.name, []).append(row)
+                print(
+                    f"  {live.name:8} {sc.name:14} {row['rps']:9.0f} req/s  "
+                    f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
+                    f"cpu {row['cpu_ms_per_req']:.3f} ms/req  errors {row['errors']}",
+                    flush=True,
+                )
+        for live in lives:
+            paced = request_for(live.target, PACED, stream=True)
+            got = load.ttfe(paced, samples)
+            live.firsts += got["firsts_ms"]
+            live.stream_totals += got["totals_ms"]
+            live.ttfe_failures += got["failures"]
+            print(f"  {live.name:8} ttfe           p50 {got['p50_ms']:.2f} ms", flush=True)
+    time.sleep(args.settle)
+    for live in lives:
+        for name, rows in live.out["rounds"].items():
+            live.out["scenarios"][name] = _median_row(rows)
+        live.out["ttfe"] = {
+            "samples": len(live.firsts),
+            "failures": live.ttfe_failures,
+            "p50_ms": _pct(live.firsts, 50),
+            "p90_ms": _pct(live.firsts, 90),
+            "p99_ms": _pct(live.firsts, 99),
+            "min_ms": min(live.firsts, default=0.0),
+            "stream_p50_ms": _pct(live.stream_totals, 50),
+        }
+        live.out["rss_after_mb"] = live.tree.rss_mb()
+
+
+def start_upstream(
+    port: int, log_dir: Path, core: int | None
+) -> tuple[subprocess.Popen[bytes], float]:
+    cmd = targets.pinned(
+        [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(port)], core
+    )
+    log = (log_dir / "upstream.log").open("wb")
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    probe = load.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body(CHAT, stream=False))
+    deadline = started + 30
+    while time.perf_counter() < deadline:
+        try:
+            if load.fetch(probe, timeout=2)[0] == 200:
+                return proc, time.perf_counter() - started
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.kill()
+    raise RuntimeError((log_dir / "upstream.log").read_text())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--duration", type=float, default=10, help="seconds per load scenario, over all rounds"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds over all scenarios and targets, interleaved; figures are the medians",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="~5 s run: direct and axione, 1 s each"
+    )
+    parser.add_argument("--peers", default="", help="comma list of peers to add: litellm,portkey")
+    parser.add_argument("--no-direct", action="store_true", help="skip the direct row")
+    parser.add_argument("--no-axione", action="store_true", help="skip axione (peers only)")
+    parser.add_argument("--driver", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--ttfe-samples", type=int, default=0, help="default: 20 per second")
+    parser.add_argument(
+        "--warmup", type=float, default=None, help="seconds of load before measuring (duration / 5)"
+    )
+    parser.add_argument("--settle", type=float, default=1.0, help="idle seconds before RSS")
+    parser.add_argument("--litellm-venv", type=Path, default=Path("/tmp/litellm-venv"))
+    parser.add_argument("--portkey-dir", type=Path, default=Path("/tmp/portkey"))
+    parser.add_argument("--python", default=sys.executable, help="python that runs axione")
+    parser.add_argument(
+        "--axione-src",
+        type=Path,
+        help="a tree holding axione_asgi/ to measure instead of the installed one "
+        "(e.g. a `git archive` export of a commit)",
+    )
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to cores")
+    parser.add_argument(
+        "--keep-going", action="store_true", help="a target that fails is noted, not fatal"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.duration = 1
+        args.rounds = 1
+        args.ttfe_samples = args.ttfe_samples or 10
+        args.warmup = 0 if args.warmup is None else args.warmup
+        args.settle = 0.3
+    args.ttfe_samples = args.ttfe_samples or max(10, int(args.duration * 20))
+    if args.warmup is None:
+        args.warmup = max(1.0, args.duration / 5)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    pin = not args.no_pin and (os.cpu_count() or 1) >= 2
+    gateway_core = GATEWAY_CORE if pin else None
+    harness_core = HARNESS_CORE if pin else None
+    if harness_core is not None:
+        os.sched_setaffinity(0, {harness_core})  # this script's own TTFE client and polling
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    scenarios = SMOKE if args.smoke else FULL
+    driver = args.driver if args.driver != "auto" else ("wrk" if load.have_wrk() else "python")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "meta": {
+            "started": stamp,
+            "smoke": args.smoke,
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "driver": driver,
+            "pinned": {"gateway": gateway_core, "harness": harness_core},
+            "cpus": os.cpu_count(),
+            "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+            "versions": targets.versions(args.litellm_venv, args.portkey_dir),
+            "argv": sys.argv[1:],
+        },
+        "targets": {},
+        "failures": {},
+    }
+    print(f"benchmark {stamp}: driver {driver}, pinned {pin}, {args.duration:g} s a scenario")
+    with TemporaryDirectory(prefix="axione-bench-") as tmp:
+        work = Path(tmp)
+        upstream_port = targets.free_port()
+        upstream_proc, args.upstream_startup_s = start_upstream(upstream_port, work, harness_core)
+        upstream = load.ProcTree(upstream_proc.pid)
+        try:
+            plan: list[tuple[str, Any]] = []
+            if not args.no_direct:
+                plan.append(("direct", lambda: targets.direct(upstream_port)))
+            if not args.no_axione:
+                plan.append(
+                    (
+                        "axione",
+                        lambda: targets.axione(
+                            upstream_port,
+                            SHAPES,
+                            work,
+                            core=gateway_core,
+                            python=args.python,
+                            source=args.axione_src,
+                        ),
+                    )
+                )
+            if "portkey" in peers:
+                plan.append(
+                    (
+                        "portkey",
+                        lambda: targets.portkey(
+                            upstream_port, core=gateway_core, directory=args.portkey_dir
+                        ),
+                    )
+                )
+            if "litellm" in peers:
+                plan.append(
+                    (
+                        "litellm",
+                        lambda: targets.litellm(
+                            upstream_port, SHAPES, work, core=gateway_core, venv=args.litellm_venv
+                        ),
+                    )
+                )
+            lives: list[Live] = []
+            try:
+                for name, make in plan:
+                    print(f"[{name}]", flush=True)
+                    try:
+                        lives.append(prepare(name, make(), upstream, args, work))
+                    except Exception as exc:
+                        results["failures"][name] = str(exc)[-3000:]
+                        print(f"  {name} failed: {exc}", file=sys.stderr, flush=True)
+                        if not args.keep_going:
+                            raise
+                measure_all(lives, upstream, scenarios, args, harness_core, results["failures"])
+                for live in lives:
+                    results["targets"][live.name] = live.out
+            finally:
+                for live in lives:
+                    live.target.stop()
+        finally:
+            upstream_proc.terminate()
+            try:
+                upstream_proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                upstream_proc.kill()
+    results["meta"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    base = args.out / stamp
+    base.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    markdown = report.markdown(results)
+    base.with_suffix(".md").write_text(markdown)
+    chart_note = report.chart(results, base.with_suffix(".png"))
+    print()
+    print(markdown)
+    print(chart_note)
+    print(f"results: {base}.json, .md" + (", .png" if chart_note.startswith("chart:") else ""))
+    return 1 if results["failures"] and not args.keep_going else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

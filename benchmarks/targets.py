@@ -1,0 +1,353 @@
+"""The gateways under test: how to configure, start, address and stop each one.
+
+Every target is reached at `base_url` + `/chat/completions` with the model
+names of the benchmark's stream shapes (see fake_upstream.py), and all of them
+route to the same fake upstream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from load import ProcTree
+
+AXIONE_KEY = "sk-axione-bench-0000000000000000"
+LITELLM_MASTER_KEY = "sk-litellm-bench"
+UPSTREAM_KEY = "sk-fake-upstream"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(cmd: list[str], core: int | None) -> list[str]:
+    if core is None or shutil.which("taskset") is None:
+        return cmd
+    return ["taskset", "-c", str(core), *cmd]
+
+
+@dataclass
+class Target:
+    """One gateway (or the upstream itself, for `direct`)."""
+
+    name: str
+    base_url: str
+    model_prefix: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    notes: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    started_at: float = 0.0
+
+    def model(self, shape: str) -> str:
+        return self.model_prefix + shape
+
+    def start(self, log_dir: Path) -> None:
+        if self.command is None:
+            return
+        self.log_path = log_dir / f"{self.name}.log"
+        log = self.log_path.open("wb")
+        self.started_at = time.perf_counter()
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.cwd,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        log.close()
+
+    def tree(self) -> ProcTree | None:
+        return ProcTree(self.process.pid) if self.process is not None else None
+
+    def alive(self) -> bool:
+        return self.process is None or self.process.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        """SIGTERM the process we started (then its leftover children), SIGKILL if slow."""
+        proc = self.process
+        if proc is None:
+            return
+        tree = ProcTree(proc.pid).pids()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        for pid in tree[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process = None
+
+
+def direct(upstream_port: int) -> Target:
+    return Target(
+        name="direct",
+        base_url=f"http://127.0.0.1:{upstream_port}/v1",
+        headers={"Authorization": f"Bearer {UPSTREAM_KEY}"},
+        notes="the fake upstream itself: the harness's own ceiling",
+    )
+
+
+def axione(
+    upstream_port: int,
+    shapes: list[str],
+    work: Path,
+    *,
+    core: int | None,
+    python: str,
+    source: Path | None = None,
+) -> Target:
+    """Axione under `python`; `source` (a tree holding axione_asgi/) goes first on
+    PYTHONPATH, to measure another checkout than the installed one."""
+    port = free_port()
+    env = {"PYTHONPATH": str(source)} if source is not None else {}
+    ledger = "memory://"
+    if not _axione_accepts(python, work, ledger, upstream_port, shapes, env):
+        # The ledger is being rebuilt; older or newer configs may want a file.
+        ledger = f"sqlite:///{work / 'axione-ledger.db'}"
+    config = work / "axione.toml"
+    config.write_text(_axione_toml(upstream_port, shapes, ledger))
+    command = [
+        python,
+        "-m",
+        "axione_asgi.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    return Target(
+        name="axione",
+        base_url=f"http://127.0.0.1:{port}/api/v1",
+        model_prefix="openai/",
+        headers={"Authorization": f"Bearer {AXIONE_KEY}"},
+        command=pinned(command, core),
+        env=env,
+        # `python -m` puts the working folder first on sys.path: run from the
+        # run's own folder, so the axione_asgi measured is `source` or the installed one.
+        cwd=str(work),
+        notes=f"key auth + memory quota counters, ledger {ledger}"
+        + (f", axione_asgi from {source}" if source is not None else ""),
+    )
+
+
+def _axione_toml(upstream_port: int, shapes: list[str], ledger: str) -> str:
+    models = ", ".join(f'"{s}" = "{s}"' for s in shapes)
+    digest = hashlib.sha256(AXIONE_KEY.encode()).hexdigest()
+    return f"""\
+[storage]
+keys = "memory://"
+ledger = "{ledger}"
+counters = "memory://"
+
+[providers.openai]
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+api_key = "{UPSTREAM_KEY}"
+models = {{ {models} }}
+
+[[keys]]
+name = "bench"
+key_sha256 = "{digest}"
+tier = 5
+
+[tiers.5]
+requests_per_day = 1000000000
+tokens_per_day = 1000000000000
+"""
+
+
+def _axione_accepts(
+    python: str,
+    work: Path,
+    ledger: str,
+    upstream_port: int,
+    shapes: list[str],
+    env: dict[str, str],
+) -> bool:
+    probe = work / "axione-probe.toml"
+    probe.write_text(_axione_toml(upstream_port, shapes, ledger))
+    check = subprocess.run(
+        [
+            python,
+            "-c",
+            "import sys; from axione_asgi.config import AxioneConfig; "
+            "AxioneConfig.from_toml(sys.argv[1])",
+            str(probe),
+        ],
+        capture_output=True,
+        env={**os.environ, **env},
+        cwd=str(work),
+    )
+    probe.unlink()
+    return check.returncode == 0
+
+
+def litellm(
+    upstream_port: int, shapes: list[str], work: Path, *, core: int | None, venv: Path
+) -> Target:
+    exe = venv / "bin" / "litellm"
+    if not exe.exists():
+        raise FileNotFoundError(
+            f"{exe} not found: python -m venv {venv} && "
+            f"{venv}/bin/pip install 'litellm[proxy]==1.108.7'"
+        )
+    port = free_port()
+    entries = "".join(
+        f"""  - model_name: {s}
+    litellm_params:
+      model: openai/{s}
+      api_base: http://127.0.0.1:{upstream_port}/v1
+      api_key: {UPSTREAM_KEY}
+"""
+        for s in shapes
+    )
+    config = work / "litellm.yaml"
+    config.write_text(
+        f"model_list:\n{entries}general_settings:\n  master_key: {LITELLM_MASTER_KEY}\n"
+    )
+    command = [
+        str(exe),
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
+    return Target(
+        name="litellm",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        headers={"Authorization": f"Bearer {LITELLM_MASTER_KEY}"},
+        command=pinned(command, core),
+        # No network here: use the cost map shipped in the package.
+        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        notes="LiteLLM proxy, master key only, no DB, default logging",
+    )
+
+
+def portkey(upstream_port: int, *, core: int | None, directory: Path) -> Target:
+    script = directory / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    if not script.exists():
+        raise FileNotFoundError(
+            f"{script} not found: see docs/benchmarks.md for the npm install of "
+            "@portkey-ai/gateway@1.15.2 with @hono/node-server 1.13.8"
+        )
+    node = shutil.which("node")
+    if node is None:
+        raise FileNotFoundError("node not found")
+    port = free_port()
+    return Target(
+        name="portkey",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        headers={
+            "Authorization": f"Bearer {UPSTREAM_KEY}",
+            "x-portkey-provider": "openai",
+            "x-portkey-custom-host": f"http://127.0.0.1:{upstream_port}/v1",
+        },
+        command=pinned([node, str(script), f"--port={port}", "--headless"], core),
+        cwd=str(directory),
+        notes="Portkey gateway (Node), no auth, no limits",
+    )
+
+
+def versions(litellm_venv: Path, portkey_dir: Path) -> dict[str, str]:
+    """What ran, for the results file."""
+    out: dict[str, str] = {"python": sys.version.split()[0]}
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / ".git").exists():
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "axione_asgi"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        out["repo HEAD"] = head + (" (axione_asgi/ modified)" if dirty else "")
+    try:
+        from importlib.metadata import version
+
+        out["axione-asgi"] = version("axione-asgi")
+        out["uvicorn"] = version("uvicorn")
+        out["starlette"] = version("starlette")
+        out["httpx"] = version("httpx")
+        out["pydantic"] = version("pydantic")
+    except Exception:
+        pass
+    for name, cmd in {
+        "wrk": ["wrk", "--version"],
+        "node": ["node", "--version"],
+    }.items():
+        if shutil.which(cmd[0]):
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            text = (res.stdout or res.stderr).strip().splitlines()
+            out[name] = text[0] if text else "?"
+    meta = litellm_venv / "bin" / "python"
+    if meta.exists():
+        res = subprocess.run(
+            [str(meta), "-c", "from importlib.metadata import version; print(version('litellm'))"],
+            capture_output=True,
+            text=True,
+        )
+        out["litellm"] = res.stdout.strip() or "?"
+    for pkg in ("@portkey-ai/gateway", "@hono/node-server"):
+        manifest = portkey_dir / "node_modules" / pkg / "package.json"
+        if manifest.exists():
+            out[pkg] = json.loads(manifest.read_text()).get("version", "?")
+    return out
+
+
+def wait_first_200(check: object, target: Target, timeout: float) -> float:
+    """Seconds from the process start until `check()` gives 200."""
+    started = target.started_at or time.perf_counter()
+    deadline = started + timeout
+    first_answer = None
+    while time.perf_counter() < deadline:
+        if not target.alive():
+            raise RuntimeError(f"{target.name} exited at start-up:\n{target.log_tail()}")
+        try:
+            status = check()  # type: ignore[operator]
+        except OSError:
+            status = 0
+        if status == 200:
+            return time.perf_counter() - started
+        if status:
+            # It listens but refuses: give it a few seconds, not the whole timeout.
+            first_answer = first_answer or time.perf_counter()
+            if time.perf_counter() - first_answer > 5:
+                raise RuntimeError(
+                    f"{target.name} answers {status} instead of 200:\n{target.log_tail()}"
+                )
+        time.sleep(0.01)
+    raise TimeoutError(f"{target.name} gave no 200 within {timeout} s:\n{target.log_tail()}")
