@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-ORDER = ["direct", "axione", "portkey", "litellm"]
+ORDER = ["direct", "axione", "axione-httpx", "axione-aiohttp", "portkey", "litellm"]
 
 
 def _get(results: dict[str, Any], target: str, *path: str) -> float | None:
@@ -86,7 +86,9 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             (what, _fmt(value, spec), ("<= " if at_most else ">= ") + format(goal, spec), met)
         )
 
-    g = "axione"
+    # With several transports measured, the targets are checked on the default one.
+    present = results.get("targets", {})
+    g = next((n for n in ("axione", "axione-aiohttp", "axione-httpx") if n in present), "axione")
     for conns in ("c16", "c64"):
         rps = _get(results, g, "scenarios", f"chat_{conns}", "rps")
         add(
@@ -209,7 +211,14 @@ def chart(results: dict[str, Any], path: Path) -> str:
         ("start to first 200, s", ("startup_s",), True),
     ]
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
-    colors = {"direct": "#999999", "axione": "#2a7ab9", "portkey": "#e38d2c", "litellm": "#4a9e4a"}
+    colors = {
+        "direct": "#999999",
+        "axione": "#2a7ab9",
+        "axione-aiohttp": "#2a7ab9",
+        "axione-httpx": "#7fb2dd",
+        "portkey": "#e38d2c",
+        "litellm": "#4a9e4a",
+    }
     for ax, (title, key, log) in zip(axes.flat, panels, strict=True):
         values = [_get(results, n, *key) for n in names]
         shown = [(n, v) for n, v in zip(names, values, strict=True) if v is not None]

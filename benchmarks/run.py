@@ -318,6 +318,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a tree holding axione_asgi/ to measure instead of the installed one "
         "(e.g. a `git archive` export of a commit)",
     )
+    parser.add_argument(
+        "--axione-transports",
+        type=lambda text: [t for t in text.split(",") if t],
+        help="one axione target per upstream transport, e.g. httpx,aiohttp",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to cores")
     parser.add_argument(
@@ -375,19 +380,21 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_direct:
                 plan.append(("direct", lambda: targets.direct(upstream_port)))
             if not args.no_axione:
-                plan.append(
-                    (
-                        "axione",
-                        lambda: targets.axione(
-                            upstream_port,
-                            SHAPES,
-                            work,
-                            core=gateway_core,
-                            python=args.python,
-                            source=args.axione_src,
-                        ),
+                for transport in args.axione_transports or [None]:
+                    plan.append(
+                        (
+                            f"axione-{transport}" if transport else "axione",
+                            lambda transport=transport: targets.axione(
+                                upstream_port,
+                                SHAPES,
+                                work,
+                                core=gateway_core,
+                                python=args.python,
+                                source=args.axione_src,
+                                transport=transport,
+                            ),
+                        )
                     )
-                )
             if "portkey" in peers:
                 plan.append(
                     (

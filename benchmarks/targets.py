@@ -121,17 +121,20 @@ def axione(
     core: int | None,
     python: str,
     source: Path | None = None,
+    transport: str | None = None,
 ) -> Target:
     """Axione under `python`; `source` (a tree holding axione_asgi/) goes first on
-    PYTHONPATH, to measure another checkout than the installed one."""
+    PYTHONPATH, to measure another checkout than the installed one; `transport`
+    names the provider's upstream transport (`httpx`, `aiohttp`), when set."""
     port = free_port()
     env = {"PYTHONPATH": str(source)} if source is not None else {}
     ledger = "memory://"
     if not _axione_accepts(python, work, ledger, upstream_port, shapes, env):
         # The ledger is being rebuilt; older or newer configs may want a file.
         ledger = f"sqlite:///{work / 'axione-ledger.db'}"
-    config = work / "axione.toml"
-    config.write_text(_axione_toml(upstream_port, shapes, ledger))
+    name = f"axione-{transport}" if transport else "axione"
+    config = work / f"{name}.toml"
+    config.write_text(_axione_toml(upstream_port, shapes, ledger, transport))
     command = [
         python,
         "-m",
@@ -145,7 +148,7 @@ def axione(
         "warning",
     ]
     return Target(
-        name="axione",
+        name=name,
         base_url=f"http://127.0.0.1:{port}/api/v1",
         model_prefix="openai/",
         headers={"Authorization": f"Bearer {AXIONE_KEY}"},
@@ -159,8 +162,11 @@ def axione(
     )
 
 
-def _axione_toml(upstream_port: int, shapes: list[str], ledger: str) -> str:
+def _axione_toml(
+    upstream_port: int, shapes: list[str], ledger: str, transport: str | None = None
+) -> str:
     models = ", ".join(f'"{s}" = "{s}"' for s in shapes)
+    transport_line = f'transport = "{transport}"\n' if transport else ""
     digest = hashlib.sha256(AXIONE_KEY.encode()).hexdigest()
     return f"""\
 [storage]
@@ -173,7 +179,7 @@ kind = "openai-compatible"
 base_url = "http://127.0.0.1:{upstream_port}/v1"
 api_key = "{UPSTREAM_KEY}"
 models = {{ {models} }}
-
+{transport_line}
 [[keys]]
 name = "bench"
 key_sha256 = "{digest}"
