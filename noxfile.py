@@ -70,3 +70,29 @@ def bench_smoke(session: nox.Session) -> None:
     session.run(
         "python", "benchmarks/run.py", "--smoke", "--out", session.create_tmp(), *session.posargs
     )
+
+
+@nox.session(python=PYTHON)
+def schemathesis(session: nox.Session) -> None:
+    """Schemathesis against a live `axione serve` (~1 minute): no 500s, no schema violations."""
+    session.install("-e", ".[test,redis]", "schemathesis")
+    session.run(
+        "python",
+        "benchmarks/schemathesis_run.py",
+        "--max-examples",
+        "30",
+        "--max-time",
+        "45",
+        "--",
+        "--phases",
+        "examples,fuzzing,stateful",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Soak (needs Redis on 127.0.0.1:6379, flushes db 9): `nox -s soak -- --seconds 60`."""
+    session.install("-e", ".[test,redis]")
+    args = session.posargs or ["--clients", "32", "--seconds", "60"]
+    session.run("python", "benchmarks/soak.py", *args)

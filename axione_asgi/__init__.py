@@ -1,5 +1,6 @@
 """Axione: an embeddable, OpenAI-compatible AI gateway for ASGI apps."""
 
+from axione_asgi.admin.service import AdminService
 from axione_asgi.app import AxioneApp, create_app
 from axione_asgi.config import AxioneConfig, ConfigError, ProviderConfig
 from axione_asgi.errors import (
@@ -20,9 +21,11 @@ from axione_asgi.keys import KeyRecord, KeyStore
 from axione_asgi.middleware.auth import KeyAuthMiddleware
 from axione_asgi.middleware.errors import ErrorFormatMiddleware
 from axione_asgi.middleware.quota import TierQuotaMiddleware
+from axione_asgi.observability.context import upstream_call
 from axione_asgi.providers.base import HTTPProvider, Provider
 
 __all__ = [
+    "AdminService",
     "AuthenticationFailed",
     "AxioneApp",
     "AxioneConfig",
@@ -47,6 +50,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamTimeout",
     "create_app",
+    "upstream_call",
 ]
 
 __version__ = "0.1.0"

@@ -10,14 +10,23 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from axione_asgi.admin.routes import AdminGateMiddleware
+from axione_asgi.admin.service import AdminService
 from axione_asgi.cache import ChatCache, open_chat_cache
 from axione_asgi.config import AxioneConfig
-from axione_asgi.keys import KeyStore
+from axione_asgi.dashboard.routes import DASHBOARD_PATH, DashboardRoutes
+from axione_asgi.keys import KeyRecord, KeyStore
 from axione_asgi.middleware.auth import KeyAuthMiddleware
 from axione_asgi.middleware.errors import ErrorFormatMiddleware
 from axione_asgi.middleware.quota import TierQuotaMiddleware
+from axione_asgi.observability.middleware import (
+    ObservedQuotaMiddleware,
+    RequestObserverMiddleware,
+    build_observability,
+)
 from axione_asgi.providers.base import Provider, ProviderRegistry
 from axione_asgi.providers.factory import build_providers
 from axione_asgi.quota import QuotaService
@@ -133,18 +142,62 @@ def create_app(
     runtime = Runtime(registry, store, quota, cache)
     routes = GatewayRoutes(registry, quota, config, cache=cache)
 
+    # Observability, the usage page and the admin API: each absent when off.
+    hub = build_observability(config)
+    public = [*PUBLIC_PATHS]
+    extra: list[BaseRoute] = DashboardRoutes(
+        quota.ledger, quota.clock, page=config.dashboard.enabled
+    ).routes()
+    if config.dashboard.enabled:
+        public.append(DASHBOARD_PATH)
+    if hub is not None and hub.metrics is not None:
+        extra.append(Route(config.metrics.path, hub.metrics.endpoint, methods=["GET"]))
+        public.append(config.metrics.path)
+    observe_quota = [Middleware(ObservedQuotaMiddleware)] if hub is not None else []
+    observe = [Middleware(RequestObserverMiddleware, hub=hub)] if hub is not None else []
+    admin: list[Middleware] = []
+    if config.admin.enabled and config.admin.operator_key_sha256:
+
+        def forget(record: KeyRecord) -> None:
+            # A revocation or new tier applies at once in this process (others: cache TTL).
+            if app.key_auth is not None:
+                app.key_auth.forget(record.key_hash)
+
+        service = AdminService(
+            config,
+            store,
+            ledger=quota.ledger,
+            counters=quota.counters,
+            clock=quota.clock,
+            on_change=forget,
+        )
+        admin.append(
+            Middleware(
+                AdminGateMiddleware,
+                prefix=config.admin.prefix,
+                operator_key_sha256=config.admin.operator_key_sha256,
+                key_store=store,
+                service=service,
+            )
+        )
+
+    def key_auth(inner: ASGIApp) -> ASGIApp:
+        # Built by Starlette on first use; kept so the admin API can drop cached lookups.
+        app.key_auth = KeyAuthMiddleware(
+            inner, store, cache_ttl=config.key_cache_ttl_s, public_paths=public
+        )
+        return app.key_auth
+
     app = AxioneApp(
-        routes=routes.routes(),
+        routes=[*routes.routes(), *extra],
         middleware=[
+            *observe,
             Middleware(ErrorFormatMiddleware),
             Middleware(_StartOnFirstRequest, runtime=runtime),
-            Middleware(
-                KeyAuthMiddleware,
-                key_store=store,
-                cache_ttl=config.key_cache_ttl_s,
-                public_paths=PUBLIC_PATHS,
-            ),
+            *admin,
+            Middleware(key_auth),
             Middleware(TierQuotaMiddleware, service=quota),
+            *observe_quota,
         ],
     )
     app.runtime = runtime

@@ -9,8 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from axione_asgi.admin.service import AdminService
 from axione_asgi.config import AxioneConfig, ConfigError
-from axione_asgi.keys import KeyStore
 from axione_asgi.standalone import CONFIG_ENV, load_config
 from axione_asgi.stores import open_key_store
 
@@ -68,31 +68,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _check_tier(config: AxioneConfig, tier: int) -> None:
-    if tier not in config.tier_table():
-        known = ", ".join(str(t) for t in sorted(config.tier_table()))
-        raise ValueError(f"tier {tier} is not defined (known tiers: {known})")
-
-
 async def _keys(args: argparse.Namespace, config: AxioneConfig) -> int:
     store = open_key_store(config.storage.keys, config.keys)
+    service = AdminService(config, store)  # the admin API's service layer too
     try:
-        return await _keys_command(args, config, store)
+        return await _keys_command(args, service)
     finally:
+        await service.aclose()
         await store.close()
 
 
-async def _keys_command(args: argparse.Namespace, config: AxioneConfig, store: KeyStore) -> int:
+async def _keys_command(args: argparse.Namespace, service: AdminService) -> int:
     if args.keys_command == "create":
-        _check_tier(config, args.tier)
-        record, secret = await store.create(args.name, args.tier)
+        record, secret = await service.create_key(args.name, args.tier)
         print(f"created key {record.id} (name {record.name!r}, tier {record.tier})")
         print("store it now: it is shown only once")
         print(secret)
         return 0
     if args.keys_command == "list":
         rows = [("ID", "NAME", "TIER", "PREFIX", "CREATED", "REVOKED")]
-        for r in await store.list():
+        for r in await service.list_keys():
             created = r.created.strftime("%Y-%m-%d %H:%M:%S") if r.source == "store" else "(config)"
             rows.append(
                 (r.id, r.name, str(r.tier), r.prefix, created, "yes" if r.revoked else "no")
@@ -100,24 +95,21 @@ async def _keys_command(args: argparse.Namespace, config: AxioneConfig, store: K
         _print_table(rows)
         return 0
     if args.keys_command == "revoke":
-        if not await store.revoke(args.key_id):
-            raise LookupError(f"no key with id {args.key_id}")
+        await service.revoke_key(args.key_id)
         print(f"revoked {args.key_id}")
         return 0
-    _check_tier(config, args.tier)
-    if not await store.set_tier(args.key_id, args.tier):
-        raise LookupError(f"no key with id {args.key_id}")
+    await service.set_tier(args.key_id, args.tier)
     print(f"key {args.key_id} is now tier {args.tier}")
     return 0
 
 
 async def _usage(args: argparse.Namespace, config: AxioneConfig) -> int:
-    from axione_asgi.quota import usage_report
-
     store = open_key_store(config.storage.keys, config.keys)
+    service = AdminService(config, store)
     try:
-        reports = await usage_report(config, args.key_id, key_store=store)
+        reports = await service.usage(args.key_id)
     finally:
+        await service.aclose()
         await store.close()
     if args.json:
         print(json.dumps(reports, indent=2))
@@ -147,6 +139,10 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 def _serve(args: argparse.Namespace, config: AxioneConfig) -> int:
     import uvicorn
 
+    from axione_asgi.middleware.errors import MAX_HEADER_BYTES
+
+    graceful_shutdown_s = 30  # Envoy's drain time and Kubernetes' default grace period
+
     asyncio.run(_first_key(config))
     # Validate the whole app once here, so a bad config fails before workers fork.
     from axione_asgi.standalone import build_standalone
@@ -170,6 +166,12 @@ def _serve(args: argparse.Namespace, config: AxioneConfig) -> int:
         workers=args.workers if args.workers > 1 else None,
         log_level=args.log_level,
         access_log=False,
+        # On SIGTERM, in-flight requests and streams get this long to finish
+        # before they are cut; the lifespan then flushes the ledger.
+        timeout_graceful_shutdown=graceful_shutdown_s,
+        # Only the h11 parser reads this (httptools has no knob); headers past
+        # 64 KiB are refused with 431 by ErrorFormatMiddleware either way.
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
     return 0
 

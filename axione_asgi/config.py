@@ -8,13 +8,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "DEFAULT_TIERS",
+    "AccessLogConfig",
+    "AdminConfig",
     "AxioneConfig",
     "CacheConfig",
     "ConfigError",
+    "DashboardConfig",
+    "MetricsConfig",
     "ProviderConfig",
     "RequestLimits",
     "RetryConfig",
@@ -22,6 +33,7 @@ __all__ = [
     "StorageConfig",
     "TierLimits",
     "TierPolicy",
+    "TracingConfig",
 ]
 
 ProviderKind = Literal["openai", "anthropic", "gemini", "mistral", "openai-compatible", "demo"]
@@ -104,6 +116,10 @@ class ProviderConfig(_Strict):
     # Anthropic requires max_tokens; this is sent when the client gives none.
     default_max_tokens: int = Field(default=4096, ge=1)
     max_connections: int = Field(default=256, ge=1)
+    # The HTTP client under httpx: "httpx" (its own pool), "aiohttp" (the
+    # `axione-asgi[fast]` extra; several times less CPU per request), or
+    # "auto" (aiohttp when installed).
+    transport: Literal["auto", "httpx", "aiohttp"] = "auto"
     # A stream whose first event takes longer than this is retried or falls back.
     first_byte_timeout_s: float | None = Field(default=None, gt=0)
 
@@ -204,6 +220,72 @@ class CacheConfig(_Strict):
     shared_across_keys: bool = False
 
 
+def _route_path(value: str) -> str:
+    # "metrics", "/metrics/" -> "/metrics"; the root is refused (it would hide the API).
+    value = "/" + value.strip("/")
+    if value == "/":
+        raise ValueError("must name a path below the app's root, such as '/metrics'")
+    return value
+
+
+class AccessLogConfig(_Strict):
+    """One line per request on the `axione.access` logger (standard `logging`)."""
+
+    enabled: bool = True
+    # "kv": key=value pairs; "json": one JSON object per line.
+    format: Literal["kv", "json"] = "kv"
+
+
+class MetricsConfig(_Strict):
+    """Prometheus metrics (needs `axione-asgi[metrics]`); off by default, and then free."""
+
+    enabled: bool = False
+    # Relative to the app's mount point and served without a key: expose it to
+    # the scraper only (a reverse proxy rule, or a private listener).
+    path: str = "/metrics"
+
+    @field_validator("path")
+    @classmethod
+    def _path_shape(cls, value: str) -> str:
+        return _route_path(value)
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry spans, when `opentelemetry-api` is installed (`axione-asgi[otel]`)."""
+
+    # A span per request and per upstream call; nothing is imported when the
+    # package is missing or this is false.
+    enabled: bool = True
+
+
+class AdminConfig(_Strict):
+    """The operator API (keys and usage) under `prefix`; off by default."""
+
+    enabled: bool = False
+    # Relative to the app's mount point.
+    prefix: str = "/admin"
+    # Hex SHA-256 of the operator key, sent as `Authorization: Bearer <key>`;
+    # required when the admin API is enabled. Gateway keys get 403 there.
+    operator_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        return _route_path(value)
+
+    @model_validator(mode="after")
+    def _needs_operator_key(self) -> AdminConfig:
+        if self.enabled and not self.operator_key_sha256:
+            raise ValueError("operator_key_sha256 is required when the admin API is enabled")
+        return self
+
+
+class DashboardConfig(_Strict):
+    """The usage page at `/dashboard` (public; it asks for the key in the browser)."""
+
+    enabled: bool = True
+
+
 class AxioneConfig(_Strict):
     """The whole configuration; defaults serve the embedded case."""
 
@@ -222,6 +304,11 @@ class AxioneConfig(_Strict):
     # Per public model id, the models to try in order when it fails.
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
     @field_validator("prefix")
     @classmethod

@@ -7,7 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from axione_asgi.openai_types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from axione_asgi.openai_types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+)
 
 __all__ = ["openapi_document"]
 
@@ -96,7 +102,13 @@ def _json(ref: str, description: str) -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for the routes at the app's root (a host adds its mount path)."""
     common = _errors(401, 429, 500)
-    schemas = _schemas(ChatCompletionRequest, ChatCompletion, ChatCompletionChunk)
+    schemas = _schemas(
+        ChatCompletionRequest,
+        ChatCompletion,
+        ChatCompletionChunk,
+        EmbeddingRequest,
+        EmbeddingResponse,
+    )
     schemas.update(Error=_ERROR, Model=_MODEL, UsageReport=_USAGE_REPORT)
     schemas["ModelList"] = {
         "type": "object",
@@ -140,6 +152,24 @@ def openapi_document() -> dict[str, Any]:
                                 "text/event-stream": {"schema": {"type": "string"}},
                             },
                         },
+                        **_errors(400, 403, 404, 408, 413, 502, 503, 504),
+                        **common,
+                    },
+                }
+            },
+            "/embeddings": {
+                "post": {
+                    "operationId": "createEmbedding",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": _REF.format(model="EmbeddingRequest")}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json("EmbeddingResponse", "The embeddings"),
                         **_errors(400, 403, 404, 408, 413, 502, 503, 504),
                         **common,
                     },

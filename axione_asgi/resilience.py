@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import anyio
@@ -19,7 +22,7 @@ from axione_asgi.errors import (
 )
 from axione_asgi.providers.base import ModelRoute
 
-__all__ = ["RetryPolicy", "first_success", "is_retryable"]
+__all__ = ["RetryPolicy", "first_success", "is_retryable", "retry_after_seconds"]
 
 T = TypeVar("T")
 
@@ -33,6 +36,36 @@ def is_retryable(exc: AxioneError) -> bool:
     if isinstance(exc, UpstreamError):
         return exc.code != "upstream_auth_failed"
     return False
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """How long an upstream asked us to wait, or None when it did not say (or said nonsense).
+
+    Reads OpenAI's `retry-after-ms` first, then `Retry-After` as seconds or as
+    an HTTP date (RFC 9110 allows both).
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    candidates: list[tuple[str, float]] = [("retry-after-ms", 1000.0), ("retry-after", 1.0)]
+    for name, per_second in candidates:
+        raw = lowered.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            seconds = float(raw) / per_second
+        except ValueError:
+            if per_second != 1.0:
+                continue
+            try:
+                when = parsedate_to_datetime(raw)
+            except (TypeError, ValueError):
+                continue
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            seconds = (when - (now or datetime.now(UTC))).total_seconds()
+        if math.isnan(seconds):
+            continue
+        return max(0.0, seconds)
+    return None
 
 
 def _falls_back(exc: AxioneError) -> bool:
@@ -57,12 +90,9 @@ class RetryPolicy:
 
     def delay(self, attempt: int, exc: AxioneError) -> float:
         """Seconds to wait before retry number `attempt` (0-based)."""
-        retry_after = exc.headers.get("retry-after") or exc.headers.get("Retry-After")
-        if retry_after:
-            try:
-                return max(0.0, float(retry_after))
-            except ValueError:
-                pass
+        asked = retry_after_seconds(exc.headers)
+        if asked is not None:
+            return asked
         cap = min(self.backoff_max_s, self.backoff_s * (2**attempt))
         return random.uniform(cap / 2, cap)
 

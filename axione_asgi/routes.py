@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -29,6 +30,7 @@ from axione_asgi.errors import (
     UpstreamTimeout,
 )
 from axione_asgi.keys import KeyRecord
+from axione_asgi.observability.context import upstream_call
 from axione_asgi.openai_types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -188,27 +190,30 @@ async def unless_disconnected(receive: Receive, work: Callable[[], Awaitable[T]]
     """`work()`, cancelled at once if the client disconnects meanwhile.
 
     Only for after the body was read: from then on `receive` says nothing but
-    the disconnect, so no upstream work is left orphaned.
+    the disconnect, so no upstream work is left orphaned. A bare asyncio task
+    watches, not a task group: this runs on every request, and the gateway is
+    served by asyncio servers.
     """
-    outcome: list[T] = []
+    current = asyncio.current_task()
+    gone = False
+
+    def on_disconnect(watcher: asyncio.Future[None]) -> None:
+        nonlocal gone
+        if not watcher.cancelled() and watcher.exception() is None and current is not None:
+            gone = True
+            current.cancel()
+
+    watcher = asyncio.ensure_future(_until_disconnect(receive))
+    watcher.add_done_callback(on_disconnect)
     try:
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                await _until_disconnect(receive)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch)
-            outcome.append(await work())
-            tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # anyio wraps what work() raised; the error middleware needs the error itself.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+        return await work()
+    except asyncio.CancelledError:
+        if gone and current is not None and current.uncancel() == 0:
+            raise ClientGone from None
         raise
-    if not outcome:
-        raise ClientGone
-    return outcome[0]
+    finally:
+        watcher.remove_done_callback(on_disconnect)
+        watcher.cancel()
 
 
 Opened = tuple[ChatCompletionChunk | None, AsyncIterator[ChatCompletionChunk]]
@@ -308,7 +313,8 @@ class GatewayRoutes:
             )
 
         async def ask(r: ModelRoute) -> EmbeddingResponse:
-            return await r.embedder.embed(embed, r.model)
+            async with upstream_call(request.scope, r):
+                return await r.embedder.embed(embed, r.model)
 
         route, answer = await first_success([route], ask, self.retry)
         answer.model = route.public_id
@@ -371,7 +377,8 @@ class GatewayRoutes:
             return await self._stream(chat, candidates, quota, prompt_estimate, request)
 
         async def ask(route: ModelRoute) -> ChatCompletion:
-            return await route.provider.chat(chat, route.model)
+            async with upstream_call(request.scope, route):
+                return await route.provider.chat(chat, route.model)
 
         try:
             route, completion = await unless_disconnected(
@@ -383,6 +390,8 @@ class GatewayRoutes:
             return Response(status_code=499)
         completion.model = route.public_id
         if quota is not None:
+            if route is not primary:
+                quota.answered_by(model=route.public_id, provider=route.provider_name)
             chars_out = sum(len(c.message.content or "") for c in completion.choices)
             _report(quota, completion.usage, prompt_estimate, chars_out)
         body = completion.model_dump_json(exclude_none=True).encode()
@@ -419,9 +428,12 @@ class GatewayRoutes:
         request: Request,
     ) -> Response:
         async def open_stream(route: ModelRoute) -> Opened:
-            return await self._open_stream(chat, route)
+            async with upstream_call(request.scope, route):  # until the first chunk
+                return await self._open_stream(chat, route)
 
         route, (first, chunks) = await first_success(candidates, open_stream, self.retry)
+        if quota is not None and route is not candidates[0]:
+            quota.answered_by(model=route.public_id, provider=route.provider_name)
         events = _events(
             first, chunks, chat, route, quota, prompt_estimate, request_id_of(request.scope)
         )

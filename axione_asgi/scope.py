@@ -54,6 +54,10 @@ class QuotaHandle(Protocol):
         """
         ...
 
+    def answered_by(self, *, model: str, provider: str) -> None:
+        """Name the model that answered (a fallback), for the ledger record."""
+        ...
+
     def exempt(self) -> None:
         """Do not count this request (metadata such as `/usage`); headers still show the day."""
         ...

@@ -11,6 +11,7 @@ from starlette.routing import Mount
 from axione_asgi.app import create_app
 from axione_asgi.config import AxioneConfig
 from axione_asgi.middleware.errors import ErrorFormatMiddleware
+from axione_asgi.observability.access_log import install_access_handler
 
 __all__ = ["CONFIG_ENV", "build_standalone", "load_config", "standalone_app"]
 
@@ -37,4 +38,7 @@ def build_standalone(config: AxioneConfig) -> Starlette:
 
 def standalone_app() -> Starlette:
     """uvicorn's factory: each worker builds its app from the same config."""
-    return build_standalone(load_config(os.environ.get(CONFIG_ENV) or None))
+    config = load_config(os.environ.get(CONFIG_ENV) or None)
+    if config.access_log.enabled:
+        install_access_handler()  # uvicorn sets up only its own loggers
+    return build_standalone(config)

@@ -7,14 +7,16 @@ import os
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from axione_asgi.errors import AxioneError, error_body
+from axione_asgi.errors import AxioneError, InvalidRequest, error_body
 from axione_asgi.scope import REQUEST_ID, state_of
 
-__all__ = ["ErrorFormatMiddleware", "send_error"]
+__all__ = ["MAX_HEADER_BYTES", "ErrorFormatMiddleware", "send_error"]
 
 logger = logging.getLogger("axione")
 
 _JSON = b"application/json"
+# Request headers larger than this, names and values together, are refused with 431.
+MAX_HEADER_BYTES = 64 * 1024
 _CODES = {
     404: "not_found",
     405: "method_not_allowed",
@@ -47,8 +49,9 @@ class ErrorFormatMiddleware:
     host route's plain-text error) are rewritten into SPEC's JSON.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.app = app
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,6 +66,10 @@ class ErrorFormatMiddleware:
         request_id = "req_" + os.urandom(12).hex()
         state[REQUEST_ID] = request_id
         stamp = (b"x-request-id", request_id.encode())
+        if self.max_header_bytes and _header_bytes(scope) > self.max_header_bytes:
+            # uvicorn's httptools parser sets no limit of its own; Envoy's is 60 KiB.
+            await send_error(send, _headers_too_large(self.max_header_bytes), [stamp])
+            return
         started = False
         held: Message | None = None  # a non-JSON error start, kept until its body is read
         held_body = bytearray()
@@ -96,6 +103,18 @@ class ErrorFormatMiddleware:
                 raise
             failure = AxioneError(f"The gateway failed unexpectedly; request id {request_id}")
             await send_error(send, failure, [stamp])
+
+
+def _header_bytes(scope: Scope) -> int:
+    return sum(len(name) + len(value) for name, value in scope.get("headers", ()))
+
+
+def _headers_too_large(limit: int) -> AxioneError:
+    return InvalidRequest(
+        f"The request headers are over the limit of {limit} bytes",
+        code="request_headers_too_large",
+        status=431,
+    )
 
 
 def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:

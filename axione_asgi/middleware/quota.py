@@ -116,6 +116,9 @@ class _Handle:
         if self._reported_event is not None:
             self._reported_event.set()
 
+    def answered_by(self, *, model: str, provider: str) -> None:
+        self.model, self.provider = model, provider
+
     def exempt(self) -> None:
         if self.admission is None:
             self.exempted = True

@@ -29,6 +29,7 @@ from axione_asgi.openai_types import (
     EmbeddingRequest,
     EmbeddingResponse,
 )
+from axione_asgi.transports import build_transport
 
 __all__ = [
     "EmbeddingProvider",
@@ -123,7 +124,8 @@ class HTTPProvider:
                 max_keepalive_connections=cfg.max_connections,
                 keepalive_expiry=30,
             ),
-            transport=self._transport,
+            transport=self._transport
+            or build_transport(cfg.transport, max_connections=cfg.max_connections),
         )
 
     async def aclose(self) -> None:
@@ -194,17 +196,19 @@ class HTTPProvider:
         detail = self.scrub(self.upstream_message(body))
         said = f": {detail}" if detail else ""
         who = f"Provider '{self.name}'"
+        # The upstream's wait hints: the retry honours them, and a client that
+        # gets the error sees them too.
+        wait = {k: v for k in ("retry-after", "retry-after-ms") if (v := headers.get(k))}
         if status in (401, 403):
             return UpstreamError(
                 f"{who} rejected the gateway's credentials (upstream status {status})",
                 code="upstream_auth_failed",
             )
         if status == 429:
-            retry = headers.get("retry-after")
             return RateLimited(
                 f"{who} is rate limiting requests{said}",
                 code="upstream_rate_limited",
-                headers={"retry-after": retry} if retry else None,
+                headers=wait or None,
             )
         if status == 404:
             return NotFound(f"{who} answered 404{said}", code="model_not_found")
@@ -219,6 +223,7 @@ class HTTPProvider:
                 f"{who} is overloaded (upstream status {status}){said}",
                 code="upstream_overloaded",
                 status=503,
+                headers=wait or None,
             )
         return UpstreamError(f"{who} failed with status {status}{said}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -67,8 +66,13 @@ class OpenAIProvider(HTTPProvider):
     ) -> AsyncIterator[ChatCompletionChunk]:
         payload = self.payload(request, model, stream=True)
         async with self.post_stream("/chat/completions", payload) as lines:
-            async for event in aiter_sse(lines):
+            events = aiter_sse(lines)
+            async for event in events:
                 if event.data == "[DONE]":
+                    # Read to the end of the body, so the connection goes back
+                    # to the pool instead of being closed half-read.
+                    async for _ in events:
+                        pass
                     return
                 yield self._chunk(event.data)
 
@@ -90,20 +94,19 @@ class OpenAIProvider(HTTPProvider):
 
     def _chunk(self, data: str) -> ChatCompletionChunk:
         try:
-            parsed = json.loads(data)
-        except ValueError:
-            parsed = None
-        # Checked first: chunks allow extra fields, so an error object would
-        # otherwise validate as an empty chunk and reach the client unscrubbed.
-        if isinstance(parsed, dict) and "error" in parsed:
-            raise UpstreamError(
-                f"Provider '{self.name}' reported an error mid-stream: "
-                f"{self.scrub(self.upstream_message(data.encode()))}"
-            )
-        try:
-            return ChatCompletionChunk.model_validate(parsed)
+            chunk = ChatCompletionChunk.model_validate_json(data)
         except ValidationError:
-            raise UpstreamError(f"Provider '{self.name}' sent a malformed stream chunk") from None
+            chunk = None
+        # Chunks allow extra fields, so an error object validates as an empty
+        # chunk: it must be caught here, before it reaches the client unscrubbed.
+        if chunk is None or (chunk.model_extra and "error" in chunk.model_extra):
+            if chunk is not None or '"error"' in data:
+                raise UpstreamError(
+                    f"Provider '{self.name}' reported an error mid-stream: "
+                    f"{self.scrub(self.upstream_message(data.encode()))}"
+                )
+            raise UpstreamError(f"Provider '{self.name}' sent a malformed stream chunk")
+        return chunk
 
 
 # Mistral answers 422 to fields it does not know, so only these are sent.

@@ -1,0 +1,93 @@
+"""Prometheus metrics (`axione-asgi[metrics]`): imported only when `[metrics] enabled = true`."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from axione_asgi.scope import exempt_from_quota
+
+__all__ = ["LATENCY_BUCKETS", "PrometheusMetrics"]
+
+# Seconds: from a cached answer to a long generation.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class PrometheusMetrics:
+    """The gateway's metrics, on a registry of their own (one per app).
+
+    Labels stay bounded: `model` and `provider` come from the registry's
+    routes (never from what a client typed), empty for requests that reached
+    no model; `code` is one of the SPEC error codes.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "axione_requests",
+            "Requests answered, by provider, model and HTTP status (499: client went away).",
+            ["provider", "model", "status"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "axione_tokens",
+            "Tokens counted against quotas (as the upstream reports them, else estimated), "
+            "by provider, model and kind (prompt or completion).",
+            ["provider", "model", "kind"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "axione_request_duration_seconds",
+            "Time from a request's arrival to the end of its response, streams included.",
+            ["provider", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_latency = Histogram(
+            "axione_upstream_duration_seconds",
+            "Time waiting on one upstream call (for a stream: until its first chunk).",
+            ["provider", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "axione_upstream_errors",
+            "Failed upstream calls (retries included), by provider and error code.",
+            ["provider", "code"],
+            registry=self.registry,
+        )
+
+    def observe_request(
+        self,
+        provider: str | None,
+        model: str | None,
+        status: int,
+        seconds: float,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+    ) -> None:
+        """Count one finished request."""
+        provider, model = provider or "", model or ""
+        self.requests.labels(provider, model, str(status)).inc()
+        self.latency.labels(provider, model).observe(seconds)
+        if prompt_tokens:
+            self.tokens.labels(provider, model, "prompt").inc(prompt_tokens)
+        if completion_tokens:
+            self.tokens.labels(provider, model, "completion").inc(completion_tokens)
+
+    def observe_upstream(self, provider: str, model: str, seconds: float, code: str | None) -> None:
+        """Time one upstream call, and count it when it failed."""
+        self.upstream_latency.labels(provider, model).observe(seconds)
+        if code is not None:
+            self.upstream_errors.labels(provider, code).inc()
+
+    def exposition(self) -> bytes:
+        """The text exposition format of every metric."""
+        return generate_latest(self.registry)
+
+    async def endpoint(self, request: Request) -> Response:
+        """The scrape endpoint (served without a key, never metered)."""
+        exempt_from_quota(request.scope)
+        return Response(self.exposition(), headers={"content-type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,92 @@
+"""/openapi.json: a valid OpenAPI 3.1 document, served without a key, of the routes as built."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from starlette.routing import Route
+
+from axione_asgi import AxioneConfig, create_app
+from axione_asgi.app import AxioneApp
+from tests.quota_app import asgi_client
+
+pytestmark = pytest.mark.anyio
+
+# SPEC section 1, and /embeddings.
+SPEC_OPERATIONS = {
+    ("post", "/chat/completions"),
+    ("get", "/models"),
+    ("get", "/models/{provider}/{model}"),
+    ("get", "/usage"),
+    ("post", "/embeddings"),
+}
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[AxioneApp]:
+    config = AxioneConfig.from_mapping({"storage": {"keys": "memory://", "ledger": "memory://"}})
+    api = create_app(config)
+    async with api.lifespan():
+        yield api
+
+
+@pytest.fixture
+async def document(app: AxioneApp) -> dict[str, Any]:
+    async with asgi_client(app) as client:
+        response = await client.get("/openapi.json")  # no key
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    doc: dict[str, Any] = response.json()
+    return doc
+
+
+def operations(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(method, path) for path, item in doc["paths"].items() for method in item}
+
+
+async def test_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
+    validator = pytest.importorskip("openapi_spec_validator")
+    assert document["openapi"].startswith("3.1")
+    validator.validate(document)
+
+
+async def test_every_ref_resolves_to_a_component(document: dict[str, Any]) -> None:
+    text = str(document)
+    schemas = document["components"]["schemas"]
+    for name in re.findall(r"#/components/schemas/([\w.-]+)", text):
+        assert name in schemas, name
+
+
+async def test_document_describes_every_spec_route(document: dict[str, Any]) -> None:
+    assert operations(document) >= SPEC_OPERATIONS
+
+
+async def test_every_documented_route_exists(document: dict[str, Any], app: AxioneApp) -> None:
+    built = {
+        (method.lower(), re.sub(r"\{(\w+)(:\w+)?\}", "{}", r.path))
+        for r in app.routes
+        if isinstance(r, Route)
+        for method in r.methods or ()
+    }
+    for method, path in operations(document):
+        # `{model_id:path}` serves `{provider}/{model}`: both are path parameters.
+        shape = re.sub(r"\{\w+\}(/\{\w+\})*", "{}", path)
+        assert (method, shape) in built, (method, path)
+
+
+async def test_every_operation_has_a_unique_id_and_documents_its_errors(
+    document: dict[str, Any],
+) -> None:
+    ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
+    for item in document["paths"].values():
+        for op in item.values():
+            assert {"200", "401", "429"} <= set(op["responses"])
+
+
+async def test_document_declares_bearer_auth(document: dict[str, Any]) -> None:
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert document["security"] == [{"bearer": []}]
