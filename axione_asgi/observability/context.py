@@ -84,7 +84,7 @@ class _UpstreamCall:
 
     async def __aenter__(self) -> None:
         tracing = self._obs.hub.tracing
-        if tracing is not None:
+        if tracing is not None and tracing.active():
             self._span = tracing.open_upstream_span(self._route)
         self._began = time.perf_counter()
 

@@ -140,7 +140,7 @@ class RequestObserverMiddleware:
             await send(message)
 
         path = scope.get("path", "")
-        tracing = hub.tracing
+        tracing = hub.tracing if hub.tracing is not None and hub.tracing.active() else None
         failed = False
         with tracing.request_span(scope, path) if tracing is not None else _NO_SPAN as span:
             try:

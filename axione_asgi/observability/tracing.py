@@ -48,6 +48,18 @@ class Tracing:
         self._propagate = propagate
         self._trace = trace
 
+    def active(self) -> bool:
+        """Whether an OpenTelemetry SDK is set up to record spans.
+
+        The API alone (often installed as another package's dependency) only
+        hands out no-op spans, whose context switching still costs on every
+        request: without an SDK provider, no span is opened at all.
+        """
+        provider = self._trace.get_tracer_provider()
+        return not isinstance(
+            provider, self._trace.ProxyTracerProvider | self._trace.NoOpTracerProvider
+        )
+
     def request_span(self, scope: Scope, path: str) -> AbstractContextManager[Span]:
         """The server span of one HTTP request (a context manager)."""
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
