@@ -34,7 +34,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[redis,metrics,otel]", "mypy", "types-cachetools")
+    session.install("-e", ".[redis,metrics,otel,fast]", "mypy", "types-cachetools")
     session.run("mypy", "--strict", "axione_asgi")
 
 

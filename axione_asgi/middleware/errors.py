@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from axione_asgi.errors import AxioneError, InvalidRequest, error_body
+from axione_asgi.openai_types import new_id
 from axione_asgi.scope import REQUEST_ID, state_of
 
 __all__ = ["MAX_HEADER_BYTES", "ErrorFormatMiddleware", "send_error"]
@@ -63,7 +63,7 @@ class ErrorFormatMiddleware:
             # server's) already owns this request.
             await self.app(scope, receive, send)
             return
-        request_id = "req_" + os.urandom(12).hex()
+        request_id = new_id("req").replace("-", "_", 1)
         state[REQUEST_ID] = request_id
         stamp = (b"x-request-id", request_id.encode())
         if self.max_header_bytes and _header_bytes(scope) > self.max_header_bytes:
