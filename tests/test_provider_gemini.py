@@ -491,11 +491,11 @@ async def test_usage_is_the_upstreams_count_with_thoughts_in_completion() -> Non
     fake = GeminiFake(thoughts_tokens=11)
     async with gemini(fake) as provider:
         answer = await provider.chat(req(user("count these four words")), MODEL)
-        raw = await provider.client.post(
+        raw = await provider.post_json(
             f"/v1beta/models/{MODEL}:generateContent",
-            json={"contents": [{"role": "user", "parts": [{"text": "count these four words"}]}]},
+            {"contents": [{"role": "user", "parts": [{"text": "count these four words"}]}]},
         )
-    metadata = raw.json()["usageMetadata"]
+    metadata = raw["usageMetadata"]
     assert answer.usage is not None
     assert answer.usage.prompt_tokens == metadata["promptTokenCount"]
     assert answer.usage.completion_tokens == (

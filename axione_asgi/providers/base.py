@@ -29,7 +29,14 @@ from axione_asgi.openai_types import (
     EmbeddingRequest,
     EmbeddingResponse,
 )
-from axione_asgi.transports import build_transport
+from axione_asgi.transports import (
+    UpstreamClient,
+    UpstreamConnectError,
+    UpstreamTimeoutError,
+    UpstreamTransportError,
+    json_bytes,
+    open_upstream,
+)
 
 __all__ = [
     "EmbeddingProvider",
@@ -104,7 +111,7 @@ class HTTPProvider:
         self.config = config
         self.api_key = api_key
         self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._client: UpstreamClient | None = None
 
     # -- lifecycle -----------------------------------------------------------
     def auth_headers(self) -> dict[str, str]:
@@ -115,17 +122,14 @@ class HTTPProvider:
         if self._client is not None:
             return
         cfg = self.config
-        self._client = httpx.AsyncClient(
+        self._client = open_upstream(
+            cfg.transport,
             base_url=cfg.resolved_base_url(),
             headers={**self.auth_headers(), **cfg.headers},
-            timeout=httpx.Timeout(cfg.timeout_s, connect=cfg.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=cfg.max_connections,
-                max_keepalive_connections=cfg.max_connections,
-                keepalive_expiry=30,
-            ),
-            transport=self._transport
-            or build_transport(cfg.transport, max_connections=cfg.max_connections),
+            timeout_s=cfg.timeout_s,
+            connect_timeout_s=cfg.connect_timeout_s,
+            max_connections=cfg.max_connections,
+            transport=self._transport,
         )
 
     async def aclose(self) -> None:
@@ -137,7 +141,7 @@ class HTTPProvider:
     requires_key = True
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> UpstreamClient:
         if self.requires_key and not self.api_key:
             env = f": set {self.config.api_key_env}" if self.config.api_key_env else ""
             raise ProviderUnavailable(f"Provider '{self.name}' has no API key configured{env}")
@@ -229,33 +233,40 @@ class HTTPProvider:
 
     @contextmanager
     def transport_errors(self) -> Iterator[None]:
-        """Turn httpx's transport failures into SPEC errors, naming no secret."""
+        """Turn transport failures into SPEC errors, naming no secret."""
         try:
             yield
-        except httpx.TimeoutException:
+        except UpstreamTimeoutError:
             raise UpstreamTimeout(f"Provider '{self.name}' did not answer in time") from None
-        except httpx.ConnectError:
+        except UpstreamConnectError:
             raise ProviderUnavailable(f"Provider '{self.name}' could not be reached") from None
-        except httpx.TransportError as exc:
-            raise UpstreamError(
-                f"Provider '{self.name}' connection failed: {type(exc).__name__}"
-            ) from None
+        except UpstreamTransportError as exc:
+            raise UpstreamError(f"Provider '{self.name}' connection failed: {exc}") from None
 
     # -- calls ---------------------------------------------------------------
-    async def post_json(self, path: str, payload: Any, **kwargs: Any) -> Any:
-        """POST JSON, return the decoded JSON answer or raise the mapped error."""
+    async def post_bytes(
+        self, path: str, payload: Any, params: Mapping[str, str] | None = None
+    ) -> bytes:
+        """POST JSON, return the answer's body or raise the mapped error."""
         with self.transport_errors():
-            response = await self.client.post(path, json=payload, **kwargs)
-        if response.status_code >= 400:
-            raise self.error_for_status(response.status_code, response.content, response.headers)
+            response = await self.client.post(path, json_bytes(payload), params)
+        if response.status >= 400:
+            raise self.error_for_status(response.status, response.body, response.headers)
+        return response.body
+
+    async def post_json(
+        self, path: str, payload: Any, params: Mapping[str, str] | None = None
+    ) -> Any:
+        """POST JSON, return the decoded JSON answer or raise the mapped error."""
+        body = await self.post_bytes(path, payload, params)
         try:
-            return response.json()
+            return json.loads(body)
         except ValueError:
             raise UpstreamError(f"Provider '{self.name}' answered with invalid JSON") from None
 
     @asynccontextmanager
     async def post_stream(
-        self, path: str, payload: Any, **kwargs: Any
+        self, path: str, payload: Any, params: Mapping[str, str] | None = None
     ) -> AsyncIterator[AsyncIterator[str]]:
         """POST JSON and yield the answer's lines once the status is known good.
 
@@ -263,15 +274,15 @@ class HTTPProvider:
         with a proper status; transport failures mid-stream raise from the lines.
         """
         with self.transport_errors():
-            async with self.client.stream("POST", path, json=payload, **kwargs) as response:
-                if response.status_code >= 400:
-                    body = await response.aread()
-                    raise self.error_for_status(response.status_code, body, response.headers)
-                yield self._lines(response)
+            async with self.client.stream(path, json_bytes(payload), params) as response:
+                if response.status >= 400:
+                    body = await response.read()
+                    raise self.error_for_status(response.status, body, response.headers)
+                yield self._lines(response.lines())
 
-    async def _lines(self, response: httpx.Response) -> AsyncIterator[str]:
+    async def _lines(self, lines: AsyncIterator[str]) -> AsyncIterator[str]:
         with self.transport_errors():
-            async for line in response.aiter_lines():
+            async for line in lines:
                 yield line
 
 

@@ -51,11 +51,11 @@ class OpenAIProvider(HTTPProvider):
         return data
 
     async def chat(self, request: ChatCompletionRequest, model: str) -> ChatCompletion:
-        answer = await self.post_json(
+        answer = await self.post_bytes(
             "/chat/completions", self.payload(request, model, stream=False)
         )
         try:
-            return ChatCompletion.model_validate(answer)
+            return ChatCompletion.model_validate_json(answer)
         except ValidationError:
             raise UpstreamError(
                 f"Provider '{self.name}' answered with a malformed chat completion"
