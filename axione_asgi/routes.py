@@ -9,15 +9,14 @@ import logging
 import math
 import re
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive
 
 from axione_asgi.cache import CACHE_HEADER, ChatCache
 from axione_asgi.config import AxioneConfig
@@ -47,6 +46,7 @@ from axione_asgi.quota import QuotaService
 from axione_asgi.resilience import RetryPolicy, first_success
 from axione_asgi.scope import QuotaHandle, exempt_from_quota, key_of, quota_of, request_id_of
 from axione_asgi.sse import DONE, encode_data
+from axione_asgi.streaming import ClientGone, EventStreamResponse, unless_disconnected
 
 __all__ = ["GatewayRoutes", "estimate_prompt_tokens", "parse_body", "parse_chat_request"]
 
@@ -191,45 +191,6 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
             status=408,
         ) from None
     return b"".join(chunks)
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-class ClientGone(Exception):
-    """The client went away before the answer was ready."""
-
-
-async def unless_disconnected(receive: Receive, work: Callable[[], Awaitable[T]]) -> T:
-    """`work()`, cancelled at once if the client disconnects meanwhile.
-
-    Only for after the body was read: from then on `receive` says nothing but
-    the disconnect, so no upstream work is left orphaned. A bare asyncio task
-    watches, not a task group: this runs on every request, and the gateway is
-    served by asyncio servers.
-    """
-    current = asyncio.current_task()
-    gone = False
-
-    def on_disconnect(watcher: asyncio.Future[None]) -> None:
-        nonlocal gone
-        if not watcher.cancelled() and watcher.exception() is None and current is not None:
-            gone = True
-            current.cancel()
-
-    watcher = asyncio.ensure_future(_until_disconnect(receive))
-    watcher.add_done_callback(on_disconnect)
-    try:
-        return await work()
-    except asyncio.CancelledError:
-        if gone and current is not None and current.uncancel() == 0:
-            raise ClientGone from None
-        raise
-    finally:
-        watcher.remove_done_callback(on_disconnect)
-        watcher.cancel()
 
 
 Opened = tuple[ChatCompletionChunk | None, AsyncIterator[ChatCompletionChunk]]
@@ -422,7 +383,7 @@ class GatewayRoutes:
         # first byte still gets a proper HTTP status, a retry or a fallback.
         timeout = self.first_byte_timeouts.get(route.provider_name)
         try:
-            with anyio.fail_after(timeout):
+            async with asyncio.timeout(timeout):
                 return await anext(chunks, None), chunks
         except BaseException as exc:
             closer = getattr(chunks, "aclose", None)
@@ -453,9 +414,8 @@ class GatewayRoutes:
         events = _events(
             first, chunks, chat, route, quota, prompt_estimate, request_id_of(request.scope)
         )
-        return StreamingResponse(
+        return EventStreamResponse(
             events,
-            media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
 __all__ = ["SpanHandle", "Tracing", "load_tracing"]
+
+_RECHECK_S = 5.0
 
 SpanHandle = tuple[AbstractContextManager[Any], "Span"]
 """An entered span: its context manager (to exit it) and the span (to annotate it)."""
@@ -45,6 +48,8 @@ class Tracing:
         from opentelemetry import propagate, trace
 
         self.tracer = tracer
+        self._active = False
+        self._active_until = 0.0
         self._propagate = propagate
         self._trace = trace
 
@@ -55,10 +60,18 @@ class Tracing:
         hands out no-op spans, whose context switching still costs on every
         request: without an SDK provider, no span is opened at all.
         """
+        # Asked on every request, answered from a cache: the API's lookup reads
+        # os.environ each time while no SDK is set. A provider set up later
+        # (after the app was built) is seen within `_RECHECK_S`.
+        now = time.monotonic()
+        if now < self._active_until:
+            return self._active
         provider = self._trace.get_tracer_provider()
-        return not isinstance(
+        self._active = not isinstance(
             provider, self._trace.ProxyTracerProvider | self._trace.NoOpTracerProvider
         )
+        self._active_until = now + _RECHECK_S
+        return self._active
 
     def request_span(self, scope: Scope, path: str) -> AbstractContextManager[Span]:
         """The server span of one HTTP request (a context manager)."""

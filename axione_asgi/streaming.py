@@ -1,0 +1,100 @@
+"""Watching for the client to leave: a cancellable call, and the SSE response."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TypeVar
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["ClientGone", "EventStreamResponse", "unless_disconnected"]
+
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client went away before the answer was ready."""
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class _DisconnectWatch:
+    """Cancels the current task when the client disconnects.
+
+    Only for after the body was read: from then on `receive` says nothing but
+    the disconnect. A bare asyncio task watches, not a task group: this runs on
+    every request, and the gateway is served by asyncio servers.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.ensure_future(_until_disconnect(receive))
+        self._watcher.add_done_callback(self._on_disconnect)
+
+    def _on_disconnect(self, watcher: asyncio.Future[None]) -> None:
+        if not watcher.cancelled() and watcher.exception() is None and self._task is not None:
+            self.gone = True
+            self._task.cancel()
+
+    def caught(self) -> bool:
+        """In an `except CancelledError`: whether the disconnect (only) caused it."""
+        return self.gone and self._task is not None and self._task.uncancel() == 0
+
+    def stop(self) -> None:
+        self._watcher.remove_done_callback(self._on_disconnect)
+        self._watcher.cancel()
+
+
+async def unless_disconnected(receive: Receive, work: Callable[[], Awaitable[T]]) -> T:
+    """`work()`, cancelled at once if the client disconnects meanwhile (`ClientGone`)."""
+    watch = _DisconnectWatch(receive)
+    try:
+        return await work()
+    except asyncio.CancelledError:
+        if watch.caught():
+            raise ClientGone from None
+        raise
+    finally:
+        watch.stop()
+
+
+class EventStreamResponse(Response):
+    """A `text/event-stream` answer, each event sent as it is produced.
+
+    Starlette's `StreamingResponse` runs two tasks in a task group per stream;
+    this sends from the request's own task and lets one watcher cancel it when
+    the client leaves, which closes the events' generator (and through it the
+    upstream stream) at once.
+    """
+
+    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+        # Response's own __init__ renders a body; this one has none to render.
+        self.events = events
+        self.background = None
+        self.status_code = 200
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        watch = _DisconnectWatch(receive)
+        try:
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watch.caught():
+                raise
+        finally:
+            watch.stop()
+            closer = getattr(self.events, "aclose", None)
+            if closer is not None:
+                await closer()
