@@ -54,6 +54,10 @@ logger = logging.getLogger("axione")
 
 T = TypeVar("T")
 
+# The models' serializers, called for bytes directly (no str round trip).
+_CHUNK_JSON = ChatCompletionChunk.__pydantic_serializer__
+_COMPLETION_JSON = ChatCompletion.__pydantic_serializer__
+
 JSON = "application/json"
 # Reserved for the answer when a client sets no output cap.
 DEFAULT_OUTPUT_RESERVE = 1024
@@ -371,7 +375,7 @@ class GatewayRoutes:
                 quota.answered_by(model=route.public_id, provider=route.provider_name)
             chars_out = sum(len(c.message.content or "") for c in completion.choices)
             _report(quota, completion.usage, prompt_estimate, chars_out)
-        body = completion.model_dump_json(exclude_none=True).encode()
+        body = _COMPLETION_JSON.to_json(completion, exclude_none=True)
         if cache_key is None or self.cache is None:
             return Response(body, media_type=JSON)
         await self.cache.put(cache_key, body)
@@ -466,7 +470,7 @@ async def _events(
             for choice in chunk.choices:
                 if choice.delta.content:
                     chars_out += len(choice.delta.content)
-            yield encode_data(chunk.model_dump_json(exclude_none=True).encode())
+            yield encode_data(_CHUNK_JSON.to_json(chunk, exclude_none=True))
             chunk = await anext(chunks, None)
         if usage_chunk is not None:
             yield encode_data(usage_chunk.model_dump_json(exclude_none=True).encode())
