@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -36,6 +37,19 @@ from axione_asgi.routes import GatewayRoutes
 from axione_asgi.stores import open_key_store
 
 __all__ = ["PUBLIC_PATHS", "AxioneApp", "Runtime", "create_app"]
+
+# What a browser client may read of an answer across origins.
+RESPONSE_HEADERS = (
+    "x-request-id",
+    "x-axione-cache",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "retry-after",
+)
 
 # Served without a key: the API's own description.
 PUBLIC_PATHS = ("/openapi.json",)
@@ -188,11 +202,28 @@ def create_app(
         )
         return app.key_auth
 
+    # Before key auth, so a browser's preflight is answered without a key.
+    cors = (
+        [
+            Middleware(
+                CORSMiddleware,
+                allow_origins=config.cors.allow_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["authorization", "content-type", "x-axione-cache"],
+                expose_headers=[*RESPONSE_HEADERS],
+                max_age=config.cors.max_age_s,
+            )
+        ]
+        if config.cors.allow_origins
+        else []
+    )
+
     app = AxioneApp(
         routes=[*routes.routes(), *extra],
         middleware=[
             *observe,
             Middleware(ErrorFormatMiddleware),
+            *cors,
             Middleware(_StartOnFirstRequest, runtime=runtime),
             *admin,
             Middleware(key_auth),

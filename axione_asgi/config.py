@@ -24,6 +24,7 @@ __all__ = [
     "AxioneConfig",
     "CacheConfig",
     "ConfigError",
+    "CorsConfig",
     "DashboardConfig",
     "MetricsConfig",
     "ProviderConfig",
@@ -286,6 +287,17 @@ class DashboardConfig(_Strict):
     enabled: bool = True
 
 
+class CorsConfig(_Strict):
+    """Cross-origin requests from browsers (JavaScript `fetch` on another origin).
+
+    Off while `allow_origins` is empty; `["*"]` allows every origin (keys are
+    sent in a header, never as cookies, so no credentials are allowed).
+    """
+
+    allow_origins: list[str] = Field(default_factory=list)
+    max_age_s: int = Field(default=600, ge=0)
+
+
 class AxioneConfig(_Strict):
     """The whole configuration; defaults serve the embedded case."""
 
@@ -304,6 +316,7 @@ class AxioneConfig(_Strict):
     # Per public model id, the models to try in order when it fails.
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
