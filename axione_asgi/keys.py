@@ -7,7 +7,7 @@ import hmac
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "generate_key",
     "hash_key",
     "hashes_equal",
+    "new_key",
 ]
 
 KEY_PREFIX = "sk-ax-"
@@ -63,6 +64,20 @@ class KeyRecord:
     def may_use(self, model: str) -> bool:
         """Whether this key may call `model` (keys without a list may call all)."""
         return self.models is None or model in self.models
+
+
+def new_key(name: str, tier: int) -> tuple[KeyRecord, str]:
+    """A fresh key for a store to keep: its record (hash and prefix only) and the secret."""
+    secret = generate_key()
+    record = KeyRecord(
+        id=f"key_{secrets.token_hex(8)}",
+        name=name,
+        tier=tier,
+        prefix=visible_prefix(secret),
+        key_hash=hash_key(secret),
+        created=datetime.now(UTC),
+    )
+    return record, secret
 
 
 @runtime_checkable

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 
-from axione_asgi.keys import KeyRecord, generate_key, hash_key, visible_prefix
+from axione_asgi.keys import KeyRecord, new_key
 
 __all__ = ["MemoryKeyStore"]
 
@@ -27,15 +25,7 @@ class MemoryKeyStore:
         return self._by_id.get(key_id)
 
     async def create(self, name: str, tier: int = 1) -> tuple[KeyRecord, str]:
-        secret = generate_key()
-        record = KeyRecord(
-            id=f"key_{os.urandom(8).hex()}",
-            name=name,
-            tier=tier,
-            prefix=visible_prefix(secret),
-            key_hash=hash_key(secret),
-            created=datetime.now(UTC),
-        )
+        record, secret = new_key(name, tier)
         self._by_id[record.id] = record
         self._id_by_hash[record.key_hash] = record.id
         return record, secret

@@ -6,12 +6,12 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypeVar
 
 import anyio.to_thread
 
-from axione_asgi.keys import KeyRecord, generate_key, hash_key, visible_prefix
+from axione_asgi.keys import KeyRecord, new_key
 
 __all__ = ["SQLiteKeyStore", "connect", "sqlite_path"]
 
@@ -99,15 +99,7 @@ class SQLiteKeyStore:
         return None if row is None else _record(row)
 
     async def create(self, name: str, tier: int = 1) -> tuple[KeyRecord, str]:
-        secret = generate_key()
-        record = KeyRecord(
-            id=f"key_{os.urandom(8).hex()}",
-            name=name,
-            tier=tier,
-            prefix=visible_prefix(secret),
-            key_hash=hash_key(secret),
-            created=datetime.now(UTC),
-        )
+        record, secret = new_key(name, tier)
         await self._run(
             lambda c: c.execute(
                 f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)",
