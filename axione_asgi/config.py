@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from collections.abc import Mapping
@@ -123,6 +124,13 @@ class ProviderConfig(_Strict):
     transport: Literal["auto", "httpx", "aiohttp"] = "auto"
     # A stream whose first event takes longer than this is retried or falls back.
     first_byte_timeout_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("transport")
+    @classmethod
+    def _transport_installed(cls, value: str) -> str:
+        if value == "aiohttp" and importlib.util.find_spec("aiohttp") is None:
+            raise ValueError("'aiohttp' needs the aiohttp package: pip install 'axione-asgi[fast]'")
+        return value
 
     def resolved_base_url(self) -> str:
         """The configured base URL, or the provider's public one."""

@@ -84,6 +84,45 @@ _USAGE_REPORT = {
 }
 
 
+_USAGE_HISTORY = {
+    "type": "object",
+    "required": ["object", "key_id", "days", "data"],
+    "properties": {
+        "object": {"const": "list"},
+        "key_id": {"type": "string"},
+        "days": {"type": "integer", "minimum": 1, "maximum": 90},
+        "data": {
+            "type": "array",
+            "description": "One entry per UTC day, oldest first, ending today (zeros included).",
+            "items": {
+                "type": "object",
+                "required": [
+                    "day",
+                    "requests",
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "total_tokens",
+                ],
+                "properties": {
+                    "day": {"type": "string", "format": "date"},
+                    "requests": {"type": "integer"},
+                    "prompt_tokens": {"type": "integer"},
+                    "completion_tokens": {"type": "integer"},
+                    "total_tokens": {"type": "integer"},
+                },
+            },
+        },
+    },
+}
+
+_DESCRIPTION = (
+    "An OpenAI-compatible AI gateway. Model ids are `provider/model`.\n\n"
+    "Opt-in routes not described here, when enabled in the configuration: the admin "
+    "API for the operator key (`[admin]`, under `/admin` by default) and the "
+    "Prometheus scrape endpoint (`[metrics]`, `/metrics` by default)."
+)
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     ref = {"$ref": _REF.format(model="Error")}
     return {
@@ -109,7 +148,9 @@ def openapi_document() -> dict[str, Any]:
         EmbeddingRequest,
         EmbeddingResponse,
     )
-    schemas.update(Error=_ERROR, Model=_MODEL, UsageReport=_USAGE_REPORT)
+    schemas.update(
+        Error=_ERROR, Model=_MODEL, UsageReport=_USAGE_REPORT, UsageHistory=_USAGE_HISTORY
+    )
     schemas["ModelList"] = {
         "type": "object",
         "required": ["object", "data"],
@@ -123,7 +164,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "Axione",
             "version": version("axione-asgi"),
-            "description": "An OpenAI-compatible AI gateway. Model ids are `provider/model`.",
+            "description": _DESCRIPTION,
         },
         "components": {
             "schemas": schemas,
@@ -195,6 +236,46 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "getUsage",
                     "responses": {"200": _json("UsageReport", "The key's day"), **common},
+                }
+            },
+            "/usage/history": {
+                "get": {
+                    "operationId": "getUsageHistory",
+                    "description": "The calling key's requests and tokens per UTC day, "
+                    "from the usage ledger. Not counted against the key's day.",
+                    "parameters": [
+                        {
+                            "name": "days",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 90,
+                                "default": 30,
+                            },
+                        }
+                    ],
+                    "responses": {
+                        "200": _json("UsageHistory", "The key's last days"),
+                        **_errors(400),
+                        **common,
+                    },
+                }
+            },
+            "/dashboard": {
+                "get": {
+                    "operationId": "getDashboard",
+                    "description": "The usage page (served without a key; it asks for one "
+                    "in the browser). Absent when `[dashboard] enabled = false`.",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(500),
+                    },
                 }
             },
         },

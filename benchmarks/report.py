@@ -32,6 +32,8 @@ COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
     ("CPU ms/stream20", ("scenarios", "stream20_c16", "cpu_ms_per_req"), ".3f"),
     ("stream200 RPS c16", ("scenarios", "stream200_c16", "rps"), ",.0f"),
     ("CPU ms/stream200", ("scenarios", "stream200_c16", "cpu_ms_per_req"), ".3f"),
+    ("cache hit RPS c16", ("scenarios", "cache_hit_c16", "rps"), ",.0f"),
+    ("CPU ms/cache hit", ("scenarios", "cache_hit_c16", "cpu_ms_per_req"), ".3f"),
     ("TTFE p50 ms", ("ttfe", "p50_ms"), ".2f"),
     ("TTFE p99 ms", ("ttfe", "p99_ms"), ".2f"),
     ("RSS idle MB", ("rss_idle_mb",), ".0f"),

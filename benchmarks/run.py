@@ -49,6 +49,8 @@ class Scenario:
     shape: str
     connections: int
     stream: bool = False
+    # Axione only: identical temperature-0 requests, answered from its response cache.
+    cached: bool = False
 
 
 FULL = [
@@ -57,6 +59,7 @@ FULL = [
     Scenario("chat_c64", CHAT, 64),
     Scenario("stream20_c16", STREAM20, 16, stream=True),
     Scenario("stream200_c16", STREAM200, 16, stream=True),
+    Scenario("cache_hit_c16", CHAT, 16, cached=True),
 ]
 SMOKE = [
     Scenario("chat_c16", CHAT, 16),
@@ -64,7 +67,7 @@ SMOKE = [
 ]
 
 
-def body(model: str, *, stream: bool) -> bytes:
+def body(model: str, *, stream: bool, cached: bool = False) -> bytes:
     data: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
@@ -72,13 +75,17 @@ def body(model: str, *, stream: bool) -> bytes:
     }
     if stream:
         data["stream"] = True
+    if cached:
+        data["temperature"] = 0
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def request_for(target: targets.Target, shape: str, *, stream: bool) -> load.Request:
+def request_for(
+    target: targets.Target, shape: str, *, stream: bool, cached: bool = False
+) -> load.Request:
     return load.Request(
         f"{target.base_url}/chat/completions",
-        body(target.model(shape), stream=stream),
+        body(target.model(shape), stream=stream, cached=cached),
         dict(target.headers),
     )
 
@@ -159,7 +166,7 @@ def load_once(
     core: int | None,
 ) -> dict[str, Any]:
     """One load run against one target, with the CPU it and its neighbours used."""
-    request = request_for(live.target, sc.shape, stream=sc.stream)
+    request = request_for(live.target, sc.shape, stream=sc.stream, cached=sc.cached)
     cpu0, up0 = live.tree.cpu_seconds(), upstream.cpu_seconds()
     idle0 = sum(o.tree.cpu_seconds() for o in others)
     result = load.run_load(request, sc.connections, seconds, core=core, tool=args.driver)
@@ -219,7 +226,7 @@ def measure_all(
     for rnd in range(args.rounds):
         print(f"round {rnd + 1}/{args.rounds}", flush=True)
         for sc in scenarios:
-            for live in list(lives):
+            for live in [x for x in lives if not sc.cached or x.name.startswith("axione")]:
                 others = [o for o in lives if o is not live]
                 try:
                     row = load_once(live, others, upstream, sc, seconds, args, core)

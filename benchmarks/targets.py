@@ -180,6 +180,9 @@ base_url = "http://127.0.0.1:{upstream_port}/v1"
 api_key = "{UPSTREAM_KEY}"
 models = {{ {models} }}
 {transport_line}
+[cache]
+enabled = true                  # only temperature-0 requests: the cache_hit scenario
+
 [[keys]]
 name = "bench"
 key_sha256 = "{digest}"

@@ -84,7 +84,19 @@ async def test_every_operation_has_a_unique_id_and_documents_its_errors(
     assert len(ids) == len(set(ids))
     for item in document["paths"].values():
         for op in item.values():
-            assert {"200", "401", "429"} <= set(op["responses"])
+            # A public operation (`security: []`, the usage page) has no key to refuse.
+            needed = {"200"} if op.get("security") == [] else {"200", "401", "429"}
+            assert needed <= set(op["responses"])
+
+
+async def test_usage_page_is_public_and_history_needs_a_key(document: dict[str, Any]) -> None:
+    page = document["paths"]["/dashboard"]["get"]
+    assert page["security"] == []
+    assert "text/html" in page["responses"]["200"]["content"]
+    history = document["paths"]["/usage/history"]["get"]
+    assert "security" not in history  # the document's bearer requirement applies
+    [days] = history["parameters"]
+    assert (days["name"], days["schema"]["minimum"], days["schema"]["maximum"]) == ("days", 1, 90)
 
 
 async def test_document_declares_bearer_auth(document: dict[str, Any]) -> None:
