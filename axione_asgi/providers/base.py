@@ -6,9 +6,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from axione_asgi.config import ProviderConfig
 from axione_asgi.errors import (
@@ -37,6 +35,9 @@ from axione_asgi.transports import (
     json_bytes,
     open_upstream,
 )
+
+if TYPE_CHECKING:  # httpx loads only when a provider uses it (start-up time)
+    import httpx
 
 __all__ = [
     "EmbeddingProvider",

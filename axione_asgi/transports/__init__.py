@@ -14,9 +14,10 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
+if TYPE_CHECKING:  # httpx loads only when a provider uses it (start-up time)
+    import httpx
 
 __all__ = [
     "UpstreamClient",
