@@ -13,10 +13,12 @@ __all__ = [
     "QUOTA",
     "REQUEST_ID",
     "QuotaHandle",
+    "bearer_token",
     "exempt_from_quota",
     "key_of",
     "quota_of",
     "request_id_of",
+    "route_path",
     "state_of",
 ]
 
@@ -91,3 +93,22 @@ def exempt_from_quota(scope: Scope) -> None:
 def request_id_of(scope: Scope) -> str | None:
     """The request id `ErrorFormatMiddleware` stamped."""
     return state_of(scope).get(REQUEST_ID)
+
+
+def route_path(scope: Scope) -> str:
+    """The path relative to the app's mount point.
+
+    Inside a Mount, `path` still holds the mount prefix and `root_path` names it.
+    """
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The token of an `Authorization: Bearer ...` header, or None."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return (token.strip() or None) if scheme.lower() == "bearer" else None
+    return None

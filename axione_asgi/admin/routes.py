@@ -24,6 +24,7 @@ from axione_asgi.errors import (
 from axione_asgi.keys import KeyStore, hash_key, hashes_equal
 from axione_asgi.middleware.errors import send_error
 from axione_asgi.routes import parse_body
+from axione_asgi.scope import bearer_token, route_path
 
 __all__ = ["AdminGateMiddleware", "admin_routes"]
 
@@ -189,10 +190,10 @@ class AdminGateMiddleware:
         self._admin = Router(routes=[Mount(prefix, routes=admin_routes(service))])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _under(_route_path(scope), self.prefix):
+        if scope["type"] != "http" or not _under(route_path(scope), self.prefix):
             await self.app(scope, receive, send)
             return
-        secret = _bearer(scope)
+        secret = bearer_token(scope)
         if not secret:
             await send_error(
                 send,
@@ -219,18 +220,3 @@ class AdminGateMiddleware:
 
 def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
-
-
-def _route_path(scope: Scope) -> str:
-    # Inside a Mount, `path` still holds the mount prefix and `root_path` names it.
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
-
-
-def _bearer(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() or None if scheme.lower() == "bearer" else None
-    return None

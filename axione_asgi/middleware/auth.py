@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from axione_asgi.errors import AuthenticationFailed
 from axione_asgi.keys import KeyRecord, KeyStore, hash_key, hashes_equal
 from axione_asgi.middleware.errors import send_error
-from axione_asgi.scope import KEY, state_of
+from axione_asgi.scope import KEY, bearer_token, route_path, state_of
 
 __all__ = ["KeyAuthMiddleware"]
 
@@ -60,11 +60,11 @@ class KeyAuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (
-            self.public_paths and _route_path(scope) in self.public_paths
+            self.public_paths and route_path(scope) in self.public_paths
         ):
             await self.app(scope, receive, send)
             return
-        secret = _bearer(scope)
+        secret = bearer_token(scope)
         if not secret:
             await send_error(send, _MISSING)
             return
@@ -97,20 +97,3 @@ class KeyAuthMiddleware:
             else:
                 self._known[key_hash] = record
         return record
-
-
-def _route_path(scope: Scope) -> str:
-    # Inside a Mount, `path` still holds the mount prefix and `root_path` names it.
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
-
-
-def _bearer(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer":
-                return None
-            return token.strip() or None
-    return None

@@ -12,7 +12,7 @@ from axione_asgi.config import AxioneConfig
 from axione_asgi.observability.access_log import AccessLog
 from axione_asgi.observability.context import OBSERVATION, Observation, observation_of
 from axione_asgi.observability.tracing import Tracing, load_tracing
-from axione_asgi.scope import QUOTA, key_of, request_id_of, state_of
+from axione_asgi.scope import QUOTA, key_of, request_id_of, route_path, state_of
 
 if TYPE_CHECKING:
     from axione_asgi.observability.metrics import PrometheusMetrics
@@ -121,8 +121,8 @@ class RequestObserverMiddleware:
             await self.app(scope, receive, send)
             return
         hub = self.hub
-        route_path = _route_path(scope)
-        if route_path in hub.quiet_paths or observation_of(scope) is not None:
+        path_in_app = route_path(scope)
+        if path_in_app in hub.quiet_paths or observation_of(scope) is not None:
             await self.app(scope, receive, send)
             return
         began = time.perf_counter()
@@ -167,13 +167,6 @@ def _span_attributes(obs: Observation, scope: Scope) -> dict[str, Any]:
         "gen_ai.usage.input_tokens": obs.prompt_tokens,
         "gen_ai.usage.output_tokens": obs.completion_tokens,
     }
-
-
-def _route_path(scope: Scope) -> str:
-    # Inside a Mount, `path` still holds the mount prefix and `root_path` names it.
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
 
 
 class ObservedQuotaMiddleware:
