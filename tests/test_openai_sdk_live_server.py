@@ -8,6 +8,8 @@ cache TTL is 0 so a revocation made by the CLI takes effect at the next request.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -276,3 +278,54 @@ def test_cli_lists_the_first_start_key(live: Live) -> None:
     assert done.returncode == 0, done.stderr
     assert "default" in done.stdout
     assert live.first_key not in done.stdout
+
+
+# -- JavaScript fetch, as the README shows it ---------------------------------------
+_FETCH_SCRIPT = """
+const [base, key] = process.argv.slice(2);
+const headers = { Authorization: `Bearer ${key}`, "Content-Type": "application/json" };
+const body = { model: "demo/echo", messages: [{ role: "user", content: "Hi from fetch" }] };
+const whole = await (await fetch(`${base}/chat/completions`, {
+  method: "POST", headers, body: JSON.stringify(body),
+})).json();
+const streamed = await fetch(`${base}/chat/completions`, {
+  method: "POST", headers, body: JSON.stringify({ ...body, stream: true }),
+});
+const reader = streamed.body.getReader();
+const decoder = new TextDecoder();
+let raw = "";
+for (;;) {
+  const { done, value } = await reader.read();
+  if (done) break;
+  raw += decoder.decode(value, { stream: true });
+}
+const events = raw.split("\\n\\n").filter((e) => e.startsWith("data: ")).map((e) => e.slice(6));
+const text = events.slice(0, -1).map((e) => JSON.parse(e))
+  .map((c) => (c.choices[0] && c.choices[0].delta.content) || "").join("");
+console.log(JSON.stringify({
+  whole: whole.choices[0].message.content,
+  streamed: text,
+  last: events[events.length - 1],
+  type: streamed.headers.get("content-type"),
+}));
+"""
+
+
+def test_javascript_fetch_gets_a_completion_and_a_stream(live: Live, tmp_path: Path) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed on this machine")
+    script = tmp_path / "fetch.mjs"
+    script.write_text(_FETCH_SCRIPT, encoding="utf-8")
+    done = subprocess.run(
+        [node, str(script), live.api, live.first_key],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["whole"] == "Hi from fetch"
+    assert result["streamed"] == "Hi from fetch"
+    assert result["last"] == "[DONE]"
+    assert result["type"].startswith("text/event-stream")
