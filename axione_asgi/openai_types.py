@@ -307,14 +307,6 @@ class EmbeddingRequest(_Open):
             return [i for i in self.input if isinstance(i, str)]
         return None
 
-    def item_count(self) -> int:
-        """How many vectors the answer holds."""
-        if isinstance(self.input, str):
-            return 1
-        if all(isinstance(i, int) for i in self.input):
-            return 1
-        return len(self.input)
-
 
 class Embedding(_Open):
     object: Literal["embedding"] = "embedding"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -358,6 +358,3 @@ class ProviderRegistry:
     async def close_all(self) -> None:
         for provider in self.providers.values():
             await provider.aclose()
-
-
-ProviderFactory = Callable[..., Provider]

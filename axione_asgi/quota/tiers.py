@@ -27,7 +27,6 @@ class TierTable:
             raise ValueError("the tier table is empty")
         self.table = dict(table)
         self.policy = policy
-        self._top = max(self.table)
 
     def limits_for(self, tier: int) -> TierLimits:
         """A tier's limits; a tier missing from the table gets the nearest lower one."""
