@@ -1,0 +1,246 @@
+"""The gateway's own CPU per request, in process: no server, no network, no upstream client.
+
+Builds the app as `axione serve` would for the benchmark config (key auth,
+memory quota, ledger, access log, response cache on), swaps the OpenAI
+provider's upstream client for one that answers from memory, and calls the
+ASGI app directly, one request after another. What is left is Axione's own
+code plus Starlette and pydantic: the part of a request this project
+controls. Far less noisy than the load benchmark, so it is the figure to
+watch while changing the hot path (`run.py` stays the judge).
+
+    python benchmarks/bench_app.py [--requests 20000] [--rounds 5]
+
+Prints CPU microseconds per request (the best round: interference only ever adds) for a non-streamed
+chat, a 20-chunk stream, a cache hit and a `/models` listing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from axione_asgi import AxioneConfig, create_app
+from axione_asgi.transports import UpstreamResponse
+
+KEY = "sk-axione-bench-0000000000000000"
+
+COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "bench",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello from the fake upstream."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
+    }
+).encode()
+
+
+def _stream_lines(chunks: int) -> list[str]:
+    lines: list[str] = []
+    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000}
+    for i in range(chunks):
+        delta = {"content": f"tok{i} "} if i else {"role": "assistant", "content": "tok0 "}
+        chunk = {**base, "model": "bench", "choices": [{"index": 0, "delta": delta}]}
+        lines += [f"data: {json.dumps(chunk)}", ""]
+    finish = {
+        **base,
+        "model": "bench",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+    }
+    usage = {
+        **base,
+        "model": "bench",
+        "choices": [],
+        "usage": {"prompt_tokens": 12, "completion_tokens": chunks, "total_tokens": 12 + chunks},
+    }
+    lines += [f"data: {json.dumps(finish)}", "", f"data: {json.dumps(usage)}", ""]
+    return [*lines, "data: [DONE]", ""]
+
+
+class _MemoryStream:
+    status = 200
+    headers: Mapping[str, str] = {"content-type": "text/event-stream"}
+
+    def __init__(self, lines: list[str]) -> None:
+        self._lines = lines
+
+    async def read(self) -> bytes:
+        return b""
+
+    async def lines(self) -> AsyncIterator[str]:
+        for line in self._lines:
+            yield line
+
+
+class MemoryUpstream:
+    """An `UpstreamClient` answering from memory: the upstream's cost is zero."""
+
+    is_closed = False
+
+    def __init__(self, chunks: int = 20) -> None:
+        self._lines = _stream_lines(chunks)
+
+    async def post(
+        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
+        return UpstreamResponse(200, {"content-type": "application/json"}, COMPLETION)
+
+    @asynccontextmanager
+    async def stream(
+        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+    ) -> AsyncIterator[_MemoryStream]:
+        yield _MemoryStream(self._lines)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def build(access_log: bool) -> Any:
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    config = AxioneConfig.model_validate(
+        {
+            "storage": {"keys": "memory://", "ledger": "memory://", "counters": "memory://"},
+            "providers": {
+                "openai": {
+                    "kind": "openai-compatible",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "api_key": "sk-unused",
+                    "models": {"bench": "bench"},
+                }
+            },
+            "cache": {"enabled": True},
+            "access_log": {"enabled": access_log},
+            "keys": [{"name": "bench", "key_sha256": digest, "tier": 5}],
+            "tiers": {"5": {"requests_per_day": 10**9, "tokens_per_day": 10**12}},
+        }
+    )
+    return create_app(config)
+
+
+def _scope(method: str, path: str, body: bytes) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"authorization", f"Bearer {KEY}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def one(app: Any, method: str, path: str, body: bytes) -> int:
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    gone = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(_scope(method, path, body), receive, send)
+    status: int = sent[0]["status"]
+    return status
+
+
+SCENARIOS = {
+    "chat": (
+        "POST",
+        "/chat/completions",
+        {"model": "openai/bench", "messages": [{"role": "user", "content": "Say hello."}]},
+    ),
+    "stream20": (
+        "POST",
+        "/chat/completions",
+        {
+            "model": "openai/bench",
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "stream": True,
+        },
+    ),
+    "cache_hit": (
+        "POST",
+        "/chat/completions",
+        {
+            "model": "openai/bench",
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Say hello."}],
+        },
+    ),
+    "models": ("GET", "/models", None),
+}
+
+
+async def run(requests: int, rounds: int, access_log: bool) -> dict[str, float]:
+    app = build(access_log)
+    figures: dict[str, list[float]] = {name: [] for name in SCENARIOS}
+    async with app.lifespan():
+        provider = app.runtime.registry.providers["openai"]
+        provider._client = MemoryUpstream()
+        for _ in range(rounds):
+            for name, (method, path, payload) in SCENARIOS.items():
+                body = json.dumps(payload).encode() if payload is not None else b""
+                n = requests // 10 if name == "stream20" else requests
+                for _ in range(min(200, n)):  # warm-up
+                    await one(app, method, path, body)
+                began = time.process_time()
+                for _ in range(n):
+                    status = await one(app, method, path, body)
+                    if status != 200:
+                        raise SystemExit(f"{name}: status {status}")
+                figures[name].append((time.process_time() - began) / n * 1e6)
+    return {name: min(values) for name, values in figures.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-access-log", action="store_true")
+    args = parser.parse_args()
+    # Access lines go to a handler that drops them: their formatting is measured, not a tty.
+    logging.getLogger("axione.access").addHandler(logging.NullHandler())
+    logging.getLogger("axione.access").setLevel(logging.INFO)
+    logging.getLogger("axione.access").propagate = False
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(run(args.requests, args.rounds, not args.no_access_log))
+    for name, micros in result.items():
+        print(f"{name:10s} {micros:8.1f} µs CPU per request")
+
+
+if __name__ == "__main__":
+    main()
