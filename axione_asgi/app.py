@@ -11,6 +11,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -19,6 +20,7 @@ from axione_asgi.admin.service import AdminService
 from axione_asgi.cache import ChatCache, open_chat_cache
 from axione_asgi.config import AxioneConfig
 from axione_asgi.dashboard.routes import DASHBOARD_PATH, DashboardRoutes
+from axione_asgi.dispatch import ExactRoutes
 from axione_asgi.keys import KeyRecord, KeyStore
 from axione_asgi.middleware.auth import KeyAuthMiddleware
 from axione_asgi.middleware.errors import ErrorFormatMiddleware
@@ -120,6 +122,21 @@ class AxioneApp(Starlette):
 
     runtime: Runtime
     key_auth: KeyAuthMiddleware | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """The middleware around `ExactRoutes`, without Starlette's own two layers.
+
+        `ErrorFormatMiddleware` turns every error into SPEC's JSON, so
+        Starlette's server-error layer has nothing left to do; its exception
+        layer stays in front of the router, for the requests that reach it.
+        With exception handlers or debug set, Starlette's own stack is built.
+        """
+        if self.exception_handlers or self.debug:
+            return super().build_middleware_stack()
+        app: ASGIApp = ExactRoutes(self.router.routes, ExceptionMiddleware(self.router))
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
 
     @contextlib.asynccontextmanager
     async def lifespan(self, host: Any = None) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from axione_asgi.cache import CACHE_HEADER, ChatCache
 from axione_asgi.config import AxioneConfig
+from axione_asgi.dispatch import Endpoint, Handler
 from axione_asgi.errors import (
     AxioneError,
     InvalidRequest,
@@ -200,6 +201,11 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
 Opened = tuple[ChatCompletionChunk | None, AsyncIterator[ChatCompletionChunk]]
 
 
+def _route(path: str, handler: Handler, method: str) -> Route:
+    # An Endpoint: Starlette adds no per-request layers, and ExactRoutes finds it by path.
+    return Route(path, Endpoint(handler), methods=[method], name=handler.__name__)
+
+
 class GatewayRoutes:
     """The gateway's endpoints over one provider registry and quota service."""
 
@@ -239,12 +245,12 @@ class GatewayRoutes:
     def routes(self) -> list[BaseRoute]:
         """The Starlette routes, relative to wherever the app is mounted."""
         return [
-            Route("/chat/completions", self.chat_completions, methods=["POST"]),
-            Route("/models", self.list_models, methods=["GET"]),
-            Route("/models/{model_id:path}", self.get_model, methods=["GET"]),
-            Route("/embeddings", self.embeddings, methods=["POST"]),
-            Route("/usage", self.usage, methods=["GET"]),
-            Route("/openapi.json", self.openapi, methods=["GET"]),
+            _route("/chat/completions", self.chat_completions, "POST"),
+            _route("/models", self.list_models, "GET"),
+            _route("/models/{model_id:path}", self.get_model, "GET"),
+            _route("/embeddings", self.embeddings, "POST"),
+            _route("/usage", self.usage, "GET"),
+            _route("/openapi.json", self.openapi, "GET"),
         ]
 
     # -- /openapi.json (public) ----------------------------------------------
@@ -451,9 +457,14 @@ async def _events(
     chars_out = 0
     chunk = first
     usage_chunk: ChatCompletionChunk | None = None
+    next_chunk = chunks.__anext__
     try:
         while chunk is not None:
-            chunk.model = public_id
+            # Straight into the field: what pydantic's __setattr__ does, less
+            # its dispatch, which showed per chunk (validation is off for
+            # assignment, and `model` is always a field that was set).
+            chunk.__dict__["model"] = public_id
+            shown = True
             if chunk.usage is not None:
                 usage = chunk.usage
                 if wants_usage and chunk.choices:
@@ -464,14 +475,16 @@ async def _events(
                     )
                 if not wants_usage or chunk.choices:
                     chunk.usage = None
-                    if not chunk.choices:
-                        chunk = await anext(chunks, None)
-                        continue
-            for choice in chunk.choices:
-                if choice.delta.content:
-                    chars_out += len(choice.delta.content)
-            yield encode_data(_CHUNK_JSON.to_json(chunk, exclude_none=True))
-            chunk = await anext(chunks, None)
+                    shown = bool(chunk.choices)  # a usage-only chunk nobody asked for
+            if shown:
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        chars_out += len(choice.delta.content)
+                yield encode_data(_CHUNK_JSON.to_json(chunk, exclude_none=True))
+            try:
+                chunk = await next_chunk()
+            except StopAsyncIteration:
+                chunk = None
         if usage_chunk is not None:
             yield encode_data(usage_chunk.model_dump_json(exclude_none=True).encode())
         yield DONE

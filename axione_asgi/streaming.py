@@ -23,18 +23,35 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
+# How long a request runs before its client is watched. Watching costs a task
+# per request; answers faster than this (cache hits, small local models) never
+# pay for one, and a client that leaves a slow answer is still seen within it.
+WATCH_AFTER_S = 0.05
+
+
 class _DisconnectWatch:
     """Cancels the current task when the client disconnects.
 
     Only for after the body was read: from then on `receive` says nothing but
     the disconnect. A bare asyncio task watches, not a task group: this runs on
-    every request, and the gateway is served by asyncio servers.
+    every request, and the gateway is served by asyncio servers. The task is
+    made only once the request has run for `WATCH_AFTER_S`.
     """
 
-    def __init__(self, receive: Receive) -> None:
+    __slots__ = ("_receive", "_task", "_timer", "_watcher", "gone")
+
+    def __init__(self, receive: Receive, after_s: float = WATCH_AFTER_S) -> None:
         self.gone = False
+        self._receive = receive
         self._task = asyncio.current_task()
-        self._watcher = asyncio.ensure_future(_until_disconnect(receive))
+        self._watcher: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            after_s, self._watch
+        )
+
+    def _watch(self) -> None:
+        self._timer = None
+        self._watcher = asyncio.ensure_future(_until_disconnect(self._receive))
         self._watcher.add_done_callback(self._on_disconnect)
 
     def _on_disconnect(self, watcher: asyncio.Future[None]) -> None:
@@ -47,8 +64,11 @@ class _DisconnectWatch:
         return self.gone and self._task is not None and self._task.uncancel() == 0
 
     def stop(self) -> None:
-        self._watcher.remove_done_callback(self._on_disconnect)
-        self._watcher.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.remove_done_callback(self._on_disconnect)
+            self._watcher.cancel()
 
 
 async def unless_disconnected(receive: Receive, work: Callable[[], Awaitable[T]]) -> T:

@@ -75,15 +75,15 @@ class _MemoryStream:
     status = 200
     headers: Mapping[str, str] = {"content-type": "text/event-stream"}
 
-    def __init__(self, lines: list[str]) -> None:
-        self._lines = lines
+    def __init__(self, blocks: list[bytes]) -> None:
+        self._blocks = blocks
 
     async def read(self) -> bytes:
         return b""
 
-    async def lines(self) -> AsyncIterator[str]:
-        for line in self._lines:
-            yield line
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for block in self._blocks:
+            yield block
 
 
 class MemoryUpstream:
@@ -92,7 +92,9 @@ class MemoryUpstream:
     is_closed = False
 
     def __init__(self, chunks: int = 20) -> None:
-        self._lines = _stream_lines(chunks)
+        # One network read per event, as a real upstream's stream mostly arrives.
+        lines = _stream_lines(chunks)
+        self._blocks = [f"{data}\n\n".encode() for data in lines[::2]]
 
     async def post(
         self, path: str, body: bytes, params: Mapping[str, str] | None = None
@@ -103,7 +105,7 @@ class MemoryUpstream:
     async def stream(
         self, path: str, body: bytes, params: Mapping[str, str] | None = None
     ) -> AsyncIterator[_MemoryStream]:
-        yield _MemoryStream(self._lines)
+        yield _MemoryStream(self._blocks)
 
     async def aclose(self) -> None:
         pass
@@ -169,6 +171,9 @@ async def one(app: Any, method: str, path: str, body: bytes) -> int:
 
     await app(_scope(method, path, body), receive, send)
     status: int = sent[0]["status"]
+    last = sent[-2]["body"] if len(sent) > 2 else b""
+    if len(sent) > 2 and last != b"data: [DONE]\n\n":
+        raise SystemExit(f"{path}: the stream ended with {last[:200]!r}, not [DONE]")
     return status
 
 

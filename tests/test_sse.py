@@ -1,4 +1,8 @@
-"""Server-sent events: our encoder and the upstream parser, over httpx's own line splitting."""
+"""Server-sent events: our encoder and the upstream parsers.
+
+Every parsing test runs on both parsers: `aiter_sse` over httpx's own line
+splitting, and `SSEDecoder` over the raw blocks (what the providers use).
+"""
 
 from __future__ import annotations
 
@@ -11,18 +15,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from axione_asgi.sse import DONE, SSEEvent, aiter_sse, encode_data
+from axione_asgi.sse import DONE, SSEDecoder, SSEEvent, aiter_sse, encode_data
 
 pytestmark = pytest.mark.anyio
 
 
-async def parse(stream: bytes, splits: Sequence[int] = ()) -> list[SSEEvent]:
+PARSERS = pytest.mark.parametrize("parser", ["lines", "blocks"])
+
+
+async def parse(stream: bytes, splits: Sequence[int] = (), parser: str = "lines") -> list[SSEEvent]:
     """Parse `stream` delivered in chunks cut at `splits`, as an upstream response would be."""
     cuts = sorted({s % (len(stream) + 1) for s in splits} | {0, len(stream)})
+    blocks = [stream[start:end] for start, end in itertools.pairwise(cuts)]
+    if parser == "blocks":
+        decoder = SSEDecoder()
+        events = [event for block in blocks for event in decoder.feed(block)]
+        return events + decoder.close()
 
     async def chunks() -> AsyncIterator[bytes]:
-        for start, end in itertools.pairwise(cuts):
-            yield stream[start:end]
+        for block in blocks:
+            yield block
 
     response = httpx.Response(200, content=chunks())
     return [event async for event in aiter_sse(response.aiter_lines())]
@@ -59,26 +71,28 @@ EVENTS = st.lists(
 )
 
 
+@PARSERS
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=EVENTS, splits=st.lists(st.integers(min_value=0), max_size=10))
 async def test_events_round_trip_through_any_chunking(
-    events: list[SSEEvent], splits: list[int]
+    parser: str, events: list[SSEEvent], splits: list[int]
 ) -> None:
     stream = b"".join(encode_event(e) for e in events)
-    parsed = await parse(stream, splits)
+    parsed = await parse(stream, splits, parser=parser)
     assert [(e.event, e.data) for e in parsed] == [(e.event, e.data) for e in events]
 
 
+@PARSERS
 @settings(max_examples=100, deadline=None)
 @given(
     payloads=st.lists(st.dictionaries(st.text(max_size=8), st.text(max_size=30)), max_size=5),
     splits=st.lists(st.integers(min_value=0), max_size=8),
 )
 async def test_encode_data_round_trips_json(
-    payloads: list[dict[str, str]], splits: list[int]
+    parser: str, payloads: list[dict[str, str]], splits: list[int]
 ) -> None:
     stream = b"".join(encode_data(json.dumps(p).encode()) for p in payloads) + DONE
-    parsed = await parse(stream, splits)
+    parsed = await parse(stream, splits, parser=parser)
     assert [json.loads(e.data) for e in parsed[:-1]] == payloads
     assert parsed[-1].data == "[DONE]"
 
@@ -88,35 +102,61 @@ def test_encode_data_is_one_data_line_and_a_blank_line() -> None:
     assert DONE == b"data: [DONE]\n\n"
 
 
-async def test_comments_are_ignored() -> None:
-    parsed = await parse(b": keep-alive\n\ndata: x\n\n")
+@PARSERS
+async def test_comments_are_ignored(parser: str) -> None:
+    parsed = await parse(b": keep-alive\n\ndata: x\n\n", parser=parser)
     assert [e.data for e in parsed] == ["x"]
 
 
-async def test_several_data_lines_join_with_newlines() -> None:
-    parsed = await parse(b"data: a\ndata: b\n\n")
+@PARSERS
+async def test_several_data_lines_join_with_newlines(parser: str) -> None:
+    parsed = await parse(b"data: a\ndata: b\n\n", parser=parser)
     assert [e.data for e in parsed] == ["a\nb"]
 
 
-async def test_only_one_leading_space_is_dropped() -> None:
-    parsed = await parse(b"data:  two spaces\ndata:none\n\n")
+@PARSERS
+async def test_only_one_leading_space_is_dropped(parser: str) -> None:
+    parsed = await parse(b"data:  two spaces\ndata:none\n\n", parser=parser)
     assert parsed[0].data == " two spaces\nnone"
 
 
-async def test_crlf_line_endings_parse() -> None:
-    parsed = await parse(b"event: ping\r\ndata: x\r\n\r\n")
+@PARSERS
+async def test_crlf_line_endings_parse(parser: str) -> None:
+    parsed = await parse(b"event: ping\r\ndata: x\r\n\r\n", parser=parser)
     assert [(e.event, e.data) for e in parsed] == [("ping", "x")]
 
 
-async def test_event_name_resets_after_each_event() -> None:
-    parsed = await parse(b"event: ping\ndata: 1\n\ndata: 2\n\n")
+@PARSERS
+async def test_event_name_resets_after_each_event(parser: str) -> None:
+    parsed = await parse(b"event: ping\ndata: 1\n\ndata: 2\n\n", parser=parser)
     assert [e.event for e in parsed] == ["ping", "message"]
 
 
-async def test_an_unterminated_last_event_is_dispatched() -> None:
-    parsed = await parse(b"data: a\n\ndata: b")
+@PARSERS
+async def test_an_unterminated_last_event_is_dispatched(parser: str) -> None:
+    parsed = await parse(b"data: a\n\ndata: b", parser=parser)
     assert [e.data for e in parsed] == ["a", "b"]
 
 
-async def test_blank_lines_without_data_dispatch_nothing() -> None:
-    assert await parse(b"\n\n\nevent: ping\n\n") == []
+@PARSERS
+async def test_blank_lines_without_data_dispatch_nothing(parser: str) -> None:
+    assert await parse(b"\n\n\nevent: ping\n\n", parser=parser) == []
+
+
+@PARSERS
+async def test_lone_cr_line_endings_parse(parser: str) -> None:
+    parsed = await parse(b"data: a\rdata: b\r\rdata: c\r\r", parser=parser)
+    assert [e.data for e in parsed] == ["a\nb", "c"]
+
+
+async def test_a_crlf_split_between_blocks_is_one_line_ending() -> None:
+    decoder = SSEDecoder()
+    events = decoder.feed(b"data: a\r") + decoder.feed(b"\ndata: b\r\n\r") + decoder.feed(b"\n")
+    assert [e.data for e in events] == ["a\nb"]
+
+
+async def test_a_character_split_between_blocks_decodes_whole() -> None:
+    payload = "data: h\u00e9llo \u2603\n\n".encode()
+    decoder = SSEDecoder()
+    events = [e for i in range(len(payload)) for e in decoder.feed(payload[i : i + 1])]
+    assert [e.data for e in events] == ["h\u00e9llo \u2603"]

@@ -58,16 +58,26 @@ class AccessLog:
         """One access line for `fields` (keys of `FIELDS`; missing ones are `-` or null)."""
         if self.format == "json":
             return json.dumps({name: fields.get(name) for name in FIELDS}, separators=(",", ":"))
-        return " ".join(f"{name}={_kv(fields.get(name))}" for name in FIELDS)
+        return " ".join([f"{name}={_kv(fields.get(name))}" for name in FIELDS])
 
     def emit(self, fields: dict[str, Any]) -> None:
         """Log one request at INFO."""
-        self.logger.info("%s", self.line(fields), extra={"axione": fields})
+        logger = self.logger
+        # As logger.info would, less the walk up the stack for the caller's
+        # file and line: the access line's origin is always this method.
+        record = logger.makeRecord(
+            logger.name, logging.INFO, __file__, 0, self.line(fields), (), None,
+            "emit", {"axione": fields},
+        )  # fmt: skip
+        logger.handle(record)
 
 
 def _kv(value: Any) -> str:
     if value is None:
         return "-"
+    kind = type(value)
+    if kind is int or kind is float or kind is bool:
+        return str(value)  # nothing in a number needs quoting
     text = str(value)
     return text if _BARE.match(text) else json.dumps(text)
 

@@ -38,7 +38,6 @@ from axione_asgi.openai_types import (
     new_id,
 )
 from axione_asgi.providers.base import HTTPProvider
-from axione_asgi.sse import aiter_sse
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -645,10 +644,10 @@ class AnthropicProvider(HTTPProvider):
         `UpstreamError` after the chunks already yielded.
         """
         translator = _StreamTranslator(self)
-        async with self.post_stream(
+        async with self.post_events(
             "/v1/messages", self.payload(request, model, stream=True)
-        ) as lines:
-            async for event in aiter_sse(lines):
+        ) as events:
+            async for event in events:
                 try:
                     chunks = translator.feed(event.event, event.data)
                 except (KeyError, TypeError, ValueError):

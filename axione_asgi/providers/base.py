@@ -27,9 +27,11 @@ from axione_asgi.openai_types import (
     EmbeddingRequest,
     EmbeddingResponse,
 )
+from axione_asgi.sse import SSEDecoder, SSEEvent
 from axione_asgi.transports import (
     UpstreamClient,
     UpstreamConnectError,
+    UpstreamStream,
     UpstreamTimeoutError,
     UpstreamTransportError,
     json_bytes,
@@ -266,25 +268,62 @@ class HTTPProvider:
             raise UpstreamError(f"Provider '{self.name}' answered with invalid JSON") from None
 
     @asynccontextmanager
+    async def post_events(
+        self, path: str, payload: Any, params: Mapping[str, str] | None = None
+    ) -> AsyncIterator[AsyncIterator[SSEEvent]]:
+        """POST JSON and yield the answer's server-sent events once the status is known good.
+
+        Errors before the first byte raise here, so the router can still answer
+        with a proper status; transport failures mid-stream raise from the events.
+        """
+        async with self._post_streaming(path, payload, params) as response:
+            yield self._events(response.chunks())
+
+    @asynccontextmanager
     async def post_stream(
         self, path: str, payload: Any, params: Mapping[str, str] | None = None
     ) -> AsyncIterator[AsyncIterator[str]]:
-        """POST JSON and yield the answer's lines once the status is known good.
+        """POST JSON and yield the answer's lines (decoded, without line endings).
 
-        Errors before the first byte raise here, so the router can still answer
-        with a proper status; transport failures mid-stream raise from the lines.
+        For upstreams that stream something else than server-sent events
+        (JSON lines, say); errors are raised as by `post_events`.
         """
+        async with self._post_streaming(path, payload, params) as response:
+            yield self._lines(response.chunks())
+
+    @asynccontextmanager
+    async def _post_streaming(
+        self, path: str, payload: Any, params: Mapping[str, str] | None
+    ) -> AsyncIterator[UpstreamStream]:
         with self.transport_errors():
             async with self.client.stream(path, json_bytes(payload), params) as response:
                 if response.status >= 400:
                     body = await response.read()
                     raise self.error_for_status(response.status, body, response.headers)
-                yield self._lines(response.lines())
+                yield response
 
-    async def _lines(self, lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    async def _events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
+        # One async step per event, not per line: see SSEDecoder.
+        decoder = SSEDecoder()
         with self.transport_errors():
-            async for line in lines:
-                yield line
+            async for chunk in chunks:
+                for event in decoder.feed(chunk):
+                    yield event
+        for event in decoder.close():
+            yield event
+
+    async def _lines(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+        pending = b""
+        with self.transport_errors():
+            async for chunk in chunks:
+                pending += chunk
+                if b"\n" not in chunk:
+                    continue
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    yield line.rstrip(b"\r").decode("utf-8", "replace")
+        if pending:
+            yield pending.rstrip(b"\r").decode("utf-8", "replace")
 
 
 @dataclass(frozen=True, slots=True)

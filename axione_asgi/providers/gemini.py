@@ -91,7 +91,6 @@ from axione_asgi.openai_types import (
     now,
 )
 from axione_asgi.providers.base import HTTPProvider
-from axione_asgi.sse import aiter_sse
 
 __all__ = [
     "SKIP_SIGNATURE",
@@ -727,8 +726,8 @@ class GeminiProvider(HTTPProvider):
             )
 
         path = self._path(model, "streamGenerateContent")
-        async with self.post_stream(path, body, params={"alt": "sse"}) as lines:
-            async for event in aiter_sse(lines):
+        async with self.post_events(path, body, params={"alt": "sse"}) as events:
+            async for event in events:
                 data = self._event(event.data)
                 # Every chunk of one answer shares Gemini's responseId.
                 chunk_id = chunk_id or _completion_id(data.get("responseId"))

@@ -16,7 +16,6 @@ from axione_asgi.openai_types import (
     EmbeddingResponse,
 )
 from axione_asgi.providers.base import HTTPProvider
-from axione_asgi.sse import aiter_sse
 
 __all__ = ["MistralProvider", "OpenAIProvider"]
 
@@ -65,8 +64,7 @@ class OpenAIProvider(HTTPProvider):
         self, request: ChatCompletionRequest, model: str
     ) -> AsyncIterator[ChatCompletionChunk]:
         payload = self.payload(request, model, stream=True)
-        async with self.post_stream("/chat/completions", payload) as lines:
-            events = aiter_sse(lines)
+        async with self.post_events("/chat/completions", payload) as events:
             async for event in events:
                 if event.data == "[DONE]":
                     # Read to the end of the body, so the connection goes back

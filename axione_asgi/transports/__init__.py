@@ -79,8 +79,8 @@ class UpstreamStream(Protocol):
         """The rest of the body (for error answers)."""
         ...
 
-    def lines(self) -> AsyncIterator[str]:
-        """The body's lines, decoded, without their line endings."""
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes, in blocks as they arrive (any size, cut anywhere)."""
         ...
 
 

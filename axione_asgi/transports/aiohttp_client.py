@@ -50,22 +50,12 @@ class _Stream:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _mapped(exc) from None
 
-    async def lines(self) -> AsyncIterator[str]:
-        # Split by hand: aiohttp's readline() refuses lines over 64 KiB, and a
-        # streamed tool call can send one.
-        pending = b""
+    async def chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.content.iter_any():
-                pending += chunk
-                if b"\n" not in chunk:
-                    continue
-                *complete, pending = pending.split(b"\n")
-                for line in complete:
-                    yield line.rstrip(b"\r").decode("utf-8", "replace")
+                yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _mapped(exc) from None
-        if pending:
-            yield pending.rstrip(b"\r").decode("utf-8", "replace")
 
 
 class AiohttpUpstream:

@@ -39,10 +39,10 @@ class _Stream:
         with _mapped_errors():
             return await self._response.aread()
 
-    async def lines(self) -> AsyncIterator[str]:
+    async def chunks(self) -> AsyncIterator[bytes]:
         with _mapped_errors():
-            async for line in self._response.aiter_lines():
-                yield line
+            async for chunk in self._response.aiter_bytes():
+                yield chunk
 
 
 class HttpxUpstream:
