@@ -43,6 +43,8 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("axione other", ("axione_asgi/",)),
     ("pydantic", ("pydantic/", "pydantic_core/")),
     ("httpx/httpcore/h11 client", ("httpx/", "httpcore/", "h11/")),
+    ("aiohttp client", ("aiohttp/", "multidict/", "yarl/", "aiosignal/", "frozenlist/")),
+    ("logging", ("logging/",)),
     ("anyio", ("anyio/", "sniffio/")),
     ("uvicorn/httptools server", ("uvicorn/", "httptools/")),
     ("starlette", ("starlette/",)),

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-ORDER = ["direct", "axione", "axione-httpx", "axione-aiohttp", "portkey", "litellm"]
+ORDER = [
+    "direct",
+    "axione",
+    "axione-httptools",
+    "axione-aiohttp",
+    "axione-httpx",
+    "portkey",
+    "litellm",
+]
 
 
 def _get(results: dict[str, Any], target: str, *path: str) -> float | None:
@@ -90,7 +98,9 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
 
     # With several transports measured, the targets are checked on the default one.
     present = results.get("targets", {})
-    g = next((n for n in ("axione", "axione-aiohttp", "axione-httpx") if n in present), "axione")
+    # The default transport's row first: "axione" (auto), then httptools (what auto picks).
+    names = ("axione", "axione-httptools", "axione-aiohttp", "axione-httpx")
+    g = next((n for n in names if n in present), "axione")
     for conns in ("c16", "c64"):
         rps = _get(results, g, "scenarios", f"chat_{conns}", "rps")
         add(
@@ -112,6 +122,18 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         _get(results, g, "scenarios", "chat_c16", "cpu_ms_per_req"),
         0.4,
         ".3f",
+        at_most=True,
+    )
+    # The issue's 0.4 ms was set on a machine where Portkey took ~0.9 ms a
+    # request; on a slower or busier one the same ratio is the fair check.
+    add(
+        "gateway CPU per request / portkey's (issue: 0.4 / 0.9)",
+        ratio(
+            _get(results, g, "scenarios", "chat_c16", "cpu_ms_per_req"),
+            _get(results, "portkey", "scenarios", "chat_c16", "cpu_ms_per_req"),
+        ),
+        0.44,
+        ".2f",
         at_most=True,
     )
 
@@ -216,7 +238,8 @@ def chart(results: dict[str, Any], path: Path) -> str:
     colors = {
         "direct": "#999999",
         "axione": "#2a7ab9",
-        "axione-aiohttp": "#2a7ab9",
+        "axione-httptools": "#2a7ab9",
+        "axione-aiohttp": "#5b9bd0",
         "axione-httpx": "#7fb2dd",
         "portkey": "#e38d2c",
         "litellm": "#4a9e4a",

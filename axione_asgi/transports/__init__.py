@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "UpstreamTimeoutError",
     "UpstreamTransportError",
     "aiohttp_available",
+    "auto_transport",
     "json_bytes",
     "open_upstream",
 ]
@@ -114,6 +116,24 @@ def aiohttp_available() -> bool:
     return importlib.util.find_spec("aiohttp") is not None
 
 
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
+
+
+def auto_transport(environ: Mapping[str, str] | None = None) -> str:
+    """What `transport = "auto"` means here.
+
+    httptools (installed with `uvicorn[standard]`) costs the least per
+    request; only httpx honours a proxy set in the environment, so a proxy
+    means httpx.
+    """
+    env = os.environ if environ is None else environ
+    if any(env.get(name) for name in _PROXY_VARIABLES):
+        return "httpx"
+    if importlib.util.find_spec("httptools") is not None:
+        return "httptools"
+    return "aiohttp" if aiohttp_available() else "httpx"
+
+
 def open_upstream(
     kind: str,
     *,
@@ -128,23 +148,25 @@ def open_upstream(
 
     An explicit httpx `transport` (a fake in tests, a proxy) always means httpx.
     """
-    if transport is None and (kind == "aiohttp" or (kind == "auto" and aiohttp_available())):
+    if transport is not None:
+        kind = "httpx"
+    elif kind == "auto":
+        kind = auto_transport()
+    options: dict[str, Any] = {
+        "base_url": base_url,
+        "headers": headers,
+        "timeout_s": timeout_s,
+        "connect_timeout_s": connect_timeout_s,
+        "max_connections": max_connections,
+    }
+    if kind == "httptools":
+        from axione_asgi.transports.httptools_client import HttptoolsUpstream
+
+        return HttptoolsUpstream(**options)
+    if kind == "aiohttp":
         from axione_asgi.transports.aiohttp_client import AiohttpUpstream
 
-        return AiohttpUpstream(
-            base_url=base_url,
-            headers=headers,
-            timeout_s=timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            max_connections=max_connections,
-        )
+        return AiohttpUpstream(**options)
     from axione_asgi.transports.httpx_client import HttpxUpstream
 
-    return HttpxUpstream(
-        base_url=base_url,
-        headers=headers,
-        timeout_s=timeout_s,
-        connect_timeout_s=connect_timeout_s,
-        max_connections=max_connections,
-        transport=transport,
-    )
+    return HttpxUpstream(**options, transport=transport)

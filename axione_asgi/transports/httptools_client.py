@@ -1,0 +1,450 @@
+"""A lean HTTP/1.1 upstream client: asyncio protocols, httptools' parser, a keep-alive pool.
+
+A gateway makes one kind of call: POST a JSON body to a fixed origin and read
+the answer, whole or as it arrives. aiohttp builds a request object, a URL, a
+header multidict, a timer set and a response object for each call; under load
+that was a quarter of the gateway's CPU. This client does that one call with
+the parser uvicorn itself uses (httptools, installed with `uvicorn[standard]`):
+the request head is prepared once per path, the answer is parsed straight
+from `data_received`, and a connection goes back to the pool when its answer
+is complete.
+
+What it does not do, by design: proxies, redirects, cookies, compression
+(it asks for none: `Accept-Encoding` is not sent), HTTP/2. Choose
+`transport = "aiohttp"` or `"httpx"` for an upstream that needs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, cast
+from urllib.parse import urlencode, urlsplit
+
+import httptools
+
+from axione_asgi.transports import (
+    UpstreamConnectError,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+    UpstreamTransportError,
+)
+
+__all__ = ["HttptoolsUpstream"]
+
+# Reading pauses while this much of a streamed answer waits to be consumed.
+_HIGH_WATER = 1 << 20
+# An idle connection older than this is closed rather than reused: servers
+# close theirs after 5 s (uvicorn) to 60 s or more, and a stale one costs a retry.
+_IDLE_S = 4.0
+
+
+class _Exchange:
+    """One request's answer as the parser delivers it."""
+
+    __slots__ = (
+        "body",
+        "buffered",
+        "complete",
+        "error",
+        "framed",
+        "headers",
+        "headers_done",
+        "keep_alive",
+        "status",
+        "waiter",
+    )
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.headers_done = False
+        self.body: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.complete = False
+        self.keep_alive = False
+        # Whether the body's end is marked (length or chunked), not the close.
+        self.framed = False
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: _Exchange | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.used = False
+        self.paused = False
+
+    # -- asyncio.Protocol ----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.exchange is None:
+            # Bytes nobody asked for: the connection cannot be trusted again.
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamTransportError(f"invalid HTTP answer ({type(exc).__name__})"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        exchange = self.exchange
+        if exchange is None or exchange.complete:
+            return
+        if exchange.headers_done and not exchange.framed and exc is None:
+            # A body delimited by the connection's end: this is its end.
+            exchange.complete = True
+            exchange.wake()
+            return
+        self._fail(UpstreamTransportError("the upstream closed the connection"))
+
+    def pause_writing(self) -> None:  # pragma: no cover - request bodies are small
+        pass
+
+    def resume_writing(self) -> None:  # pragma: no cover
+        pass
+
+    # -- httptools callbacks -------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.exchange is not None
+        self.exchange.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        assert exchange is not None
+        exchange.status = self.parser.get_status_code()
+        headers = exchange.headers
+        exchange.framed = "content-length" in headers or "transfer-encoding" in headers
+        exchange.headers_done = True
+        exchange.wake()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        assert exchange is not None
+        exchange.body.append(body)
+        exchange.buffered += len(body)
+        if exchange.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        exchange.wake()
+
+    def on_message_complete(self) -> None:
+        exchange = self.exchange
+        assert exchange is not None
+        exchange.keep_alive = self.parser.should_keep_alive()
+        exchange.complete = True
+        exchange.wake()
+
+    # -- use -----------------------------------------------------------------
+    def start(self, request: bytes) -> _Exchange:
+        assert self.transport is not None
+        exchange = self.exchange = _Exchange()
+        self.transport.write(request)
+        return exchange
+
+    def consumed(self, exchange: _Exchange, size: int) -> None:
+        exchange.buffered -= size
+        if self.paused and exchange.buffered <= _HIGH_WATER // 2 and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def reusable(self) -> bool:
+        exchange = self.exchange
+        return (
+            not self.closed
+            and exchange is not None
+            and exchange.complete
+            and exchange.keep_alive
+            and exchange.error is None
+        )
+
+    def _fail(self, error: BaseException) -> None:
+        exchange = self.exchange
+        if exchange is not None and exchange.error is None and not exchange.complete:
+            exchange.error = error
+            exchange.wake()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Stream:
+    """An answer whose body is read as it arrives (`UpstreamStream`)."""
+
+    def __init__(self, client: HttptoolsUpstream, conn: _Connection, exchange: _Exchange) -> None:
+        self._client = client
+        self._conn = conn
+        self._exchange = exchange
+        self.status = exchange.status
+        self.headers: Mapping[str, str] = exchange.headers
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        exchange, conn, client = self._exchange, self._conn, self._client
+        body = exchange.body
+        while True:
+            if body:
+                if len(body) == 1:
+                    data = body.popleft()
+                else:
+                    data = b"".join(body)
+                    body.clear()
+                conn.consumed(exchange, len(data))
+                yield data
+                continue
+            if exchange.complete:
+                return
+            await client._wait(exchange)
+
+
+class HttptoolsUpstream:
+    """One origin's keep-alive pool of HTTP/1.1 connections (`UpstreamClient`).
+
+    `timeout_s` bounds each wait for the upstream's next bytes (as aiohttp's
+    `sock_read`), `connect_timeout_s` each connection attempt. At most
+    `max_connections` are open at once; further calls wait for one.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        headers: Mapping[str, str],
+        timeout_s: float,
+        connect_timeout_s: float,
+        max_connections: int,
+    ) -> None:
+        url = urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
+        self._host = url.hostname
+        self._tls = url.scheme == "https"
+        self._port = url.port or (443 if self._tls else 80)
+        self._prefix = url.path.rstrip("/")
+        default_port = self._port == (443 if self._tls else 80)
+        host_header = url.hostname if default_port else f"{url.hostname}:{self._port}"
+        if ":" in url.hostname and not default_port:  # an IPv6 literal
+            host_header = f"[{url.hostname}]:{self._port}"
+        lines = [f"Host: {host_header}", "Content-Type: application/json"]
+        for name, value in headers.items():
+            if name.lower() in ("host", "content-length", "content-type"):
+                continue
+            if any(c in f"{name}{value}" for c in "\r\n"):
+                raise ValueError(f"header {name!r} holds a line break")
+            lines.append(f"{name}: {value}")
+        self._head_tail = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        self._heads: dict[str, bytes] = {}
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._max_connections = max(1, max_connections)
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    # -- the UpstreamClient interface ----------------------------------------
+    async def post(
+        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
+        conn, exchange = await self._send(path, body, params)
+        try:
+            while not exchange.complete:
+                await self._wait(exchange)
+        except BaseException:
+            self._release(conn, reuse=False)
+            raise
+        chunks = exchange.body
+        content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._release(conn, reuse=conn.reusable())
+        return UpstreamResponse(exchange.status, exchange.headers, content)
+
+    @asynccontextmanager
+    async def stream(
+        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+    ) -> AsyncIterator[_Stream]:
+        conn, exchange = await self._send(path, body, params)
+        try:
+            yield _Stream(self, conn, exchange)
+        finally:
+            # A fully read answer gives its connection back; a half-read one
+            # (a cancelled stream) is closed, so the upstream stops at once.
+            self._release(conn, reuse=conn.reusable() and not exchange.body)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(UpstreamConnectError("client closed"))
+        self._waiters.clear()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    # -- requests ------------------------------------------------------------
+    def _request(self, path: str, body: bytes, params: Mapping[str, str] | None) -> bytes:
+        target = self._prefix + path
+        if params:
+            target = f"{target}?{urlencode(params)}"
+        head = self._heads.get(target)
+        if head is None:
+            if any(c in target for c in " \r\n"):
+                raise UpstreamTransportError("invalid request path")
+            head = f"POST {target} HTTP/1.1\r\n".encode("latin-1") + self._head_tail
+            if len(self._heads) < 1024:
+                self._heads[target] = head
+        return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+
+    async def _send(
+        self, path: str, body: bytes, params: Mapping[str, str] | None
+    ) -> tuple[_Connection, _Exchange]:
+        """Send on a pooled connection and wait for the answer's head."""
+        request = self._request(path, body, params)
+        while True:
+            conn = await self._acquire()
+            reused = conn.used
+            conn.used = True
+            exchange = conn.start(request)
+            try:
+                while not exchange.headers_done:
+                    await self._wait(exchange)
+            except UpstreamTransportError:
+                self._release(conn, reuse=False)
+                if reused and not exchange.headers_done and not exchange.body:
+                    # A kept-alive connection the server had closed meanwhile:
+                    # nothing reached it, so the request goes again, on a new one.
+                    continue
+                raise
+            except BaseException:
+                self._release(conn, reuse=False)
+                raise
+            return conn, exchange
+
+    async def _wait(self, exchange: _Exchange) -> None:
+        """Until the parser delivers more of `exchange`, or the read timeout."""
+        if exchange.error is not None:
+            raise exchange.error
+        waiter = exchange.waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await waiter
+        except TimeoutError:
+            raise UpstreamTimeoutError("the upstream sent nothing in time") from None
+        finally:
+            exchange.waiter = None
+        if exchange.error is not None:
+            raise exchange.error
+
+    # -- the pool ------------------------------------------------------------
+    async def _acquire(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < _IDLE_S:
+                return conn
+            conn.close()
+            self._open -= 1
+        while self._open >= self._max_connections:
+            if self._closed:
+                raise UpstreamConnectError("client closed")
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken and cancelled at once: pass the turn on
+                waiter.cancel()
+                raise
+            if idle:
+                conn = idle.pop()
+                if not conn.closed:
+                    return conn
+                conn.close()
+                self._open -= 1
+        self._open += 1
+        try:
+            return await self._connect()
+        except BaseException:
+            self._open -= 1
+            self._wake_one()
+            raise
+
+    async def _connect(self) -> _Connection:
+        if self._closed:
+            raise UpstreamConnectError("client closed")
+        loop = asyncio.get_running_loop()
+        kwargs: dict[str, Any] = {}
+        if self._tls:
+            kwargs = {"ssl": self._ssl_context(), "server_hostname": self._host}
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, conn = await loop.create_connection(
+                    _Connection, self._host, self._port, **kwargs
+                )
+        except TimeoutError:
+            raise UpstreamTimeoutError("connecting to the upstream timed out") from None
+        except OSError as exc:
+            raise UpstreamConnectError(type(exc).__name__) from None
+        return conn
+
+    def _release(self, conn: _Connection, *, reuse: bool) -> None:
+        conn.exchange = None if reuse else conn.exchange
+        if reuse and not self._closed:
+            conn.idle_since = asyncio.get_running_loop().time()
+            self._idle.append(conn)
+        else:
+            conn.close()
+            self._open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            # certifi's bundle, as httpx and aiohttp use; SSL_CERT_FILE overrides it.
+            cafile = os.environ.get("SSL_CERT_FILE")
+            if cafile is None:
+                try:
+                    import certifi
+
+                    cafile = certifi.where()
+                except ImportError:  # pragma: no cover - httpx depends on certifi
+                    cafile = None
+            self._ssl = ssl.create_default_context(cafile=cafile)
+        return self._ssl
