@@ -43,6 +43,10 @@ _HIGH_WATER = 1 << 20
 _IDLE_S = 4.0
 
 
+class _ClosedUnanswered(UpstreamTransportError):
+    """The connection closed before any byte of the answer arrived."""
+
+
 class _Exchange:
     """One request's answer as the parser delivers it."""
 
@@ -56,6 +60,7 @@ class _Exchange:
         "headers_done",
         "keep_alive",
         "status",
+        "streaming",
         "waiter",
     )
 
@@ -65,6 +70,8 @@ class _Exchange:
         self.headers_done = False
         self.body: collections.deque[bytes] = collections.deque()
         self.buffered = 0
+        # Read as it arrives: only then may reading pause for a slow reader.
+        self.streaming = False
         self.complete = False
         self.keep_alive = False
         # Whether the body's end is marked (length or chunked), not the close.
@@ -116,7 +123,10 @@ class _Connection(asyncio.Protocol):
             exchange.complete = True
             exchange.wake()
             return
-        self._fail(UpstreamTransportError("the upstream closed the connection"))
+        if not exchange.headers_done and not exchange.body:
+            self._fail(_ClosedUnanswered("the upstream closed the connection"))
+        else:
+            self._fail(UpstreamTransportError("the upstream closed the connection"))
 
     def pause_writing(self) -> None:  # pragma: no cover - request bodies are small
         pass
@@ -126,8 +136,11 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.exchange is not None
-        self.exchange.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        exchange = self.exchange
+        assert exchange is not None
+        if exchange.headers_done:
+            return  # a chunked answer's trailer: not one of its headers
+        exchange.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -143,7 +156,12 @@ class _Connection(asyncio.Protocol):
         assert exchange is not None
         exchange.body.append(body)
         exchange.buffered += len(body)
-        if exchange.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+        if (
+            exchange.streaming
+            and exchange.buffered > _HIGH_WATER
+            and not self.paused
+            and self.transport is not None
+        ):
             self.paused = True
             self.transport.pause_reading()
         exchange.wake()
@@ -288,6 +306,7 @@ class HttptoolsUpstream:
         self, path: str, body: bytes, params: Mapping[str, str] | None = None
     ) -> AsyncIterator[_Stream]:
         conn, exchange = await self._send(path, body, params)
+        exchange.streaming = True
         try:
             yield _Stream(self, conn, exchange)
         finally:
@@ -336,11 +355,11 @@ class HttptoolsUpstream:
             try:
                 while not exchange.headers_done:
                     await self._wait(exchange)
-            except UpstreamTransportError:
+            except _ClosedUnanswered:
                 self._release(conn, reuse=False)
-                if reused and not exchange.headers_done and not exchange.body:
-                    # A kept-alive connection the server had closed meanwhile:
-                    # nothing reached it, so the request goes again, on a new one.
+                if reused:
+                    # A kept-alive connection the server had closed meanwhile
+                    # (it answered nothing): the request goes again, on a new one.
                     continue
                 raise
             except BaseException:
@@ -388,7 +407,7 @@ class HttptoolsUpstream:
                 raise
             if idle:
                 conn = idle.pop()
-                if not conn.closed:
+                if not conn.closed and loop.time() - conn.idle_since < _IDLE_S:
                     return conn
                 conn.close()
                 self._open -= 1
