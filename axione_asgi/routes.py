@@ -42,7 +42,7 @@ from axione_asgi.openai_types import (
     now,
 )
 from axione_asgi.openapi import openapi_document
-from axione_asgi.providers.base import ModelRoute, ProviderRegistry
+from axione_asgi.providers.base import ModelRoute, Provider, ProviderRegistry
 from axione_asgi.quota import QuotaService
 from axione_asgi.resilience import RetryPolicy, first_success
 from axione_asgi.scope import QuotaHandle, exempt_from_quota, key_of, quota_of, request_id_of
@@ -198,7 +198,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
-Opened = tuple[ChatCompletionChunk | None, AsyncIterator[ChatCompletionChunk]]
+Batch = list[ChatCompletionChunk]
+Opened = tuple[Batch | None, AsyncIterator[Batch]]
 
 
 def _route(path: str, handler: Handler, method: str) -> Route:
@@ -388,7 +389,7 @@ class GatewayRoutes:
         return Response(body, media_type=JSON, headers={CACHE_HEADER: "miss"})
 
     async def _open_stream(self, chat: ChatCompletionRequest, route: ModelRoute) -> Opened:
-        chunks = aiter(route.provider.stream(chat, route.model))
+        chunks = _batches(route.provider, chat, route.model)
         # The first chunk is awaited here, so an upstream that fails before its
         # first byte still gets a proper HTTP status, a retry or a fallback.
         timeout = self.first_byte_timeouts.get(route.provider_name)
@@ -430,6 +431,25 @@ class GatewayRoutes:
         )
 
 
+def _batches(provider: Provider, chat: ChatCompletionRequest, model: str) -> AsyncIterator[Batch]:
+    """The provider's chunks in batches: its own (`BatchStreamingProvider`), or one chunk each."""
+    stream_batches = getattr(provider, "stream_batches", None)
+    if stream_batches is not None:
+        batches: AsyncIterator[Batch] = aiter(stream_batches(chat, model))
+        return batches
+    return _one_by_one(provider.stream(chat, model))
+
+
+async def _one_by_one(chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[Batch]:
+    try:
+        async for chunk in chunks:
+            yield [chunk]
+    finally:
+        closer = getattr(chunks, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
 def _report(quota: QuotaHandle, usage: Usage | None, prompt_estimate: int, chars_out: int) -> None:
     if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
         quota.report(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
@@ -442,49 +462,52 @@ def _report(quota: QuotaHandle, usage: Usage | None, prompt_estimate: int, chars
 
 
 async def _events(
-    first: ChatCompletionChunk | None,
-    chunks: AsyncIterator[ChatCompletionChunk],
+    first: Batch | None,
+    batches: AsyncIterator[Batch],
     chat: ChatCompletionRequest,
     route: ModelRoute,
     quota: QuotaHandle | None,
     prompt_estimate: int,
     request_id: str | None,
 ) -> AsyncIterator[bytes]:
-    """SSE bytes for each chunk as it arrives; usage settles even on a cut."""
+    """SSE bytes for each batch of chunks as it arrives; usage settles even on a cut."""
     wants_usage = chat.wants_usage_chunk
     public_id = route.public_id
     usage: Usage | None = None
     chars_out = 0
-    chunk = first
+    batch = first
     usage_chunk: ChatCompletionChunk | None = None
-    next_chunk = chunks.__anext__
+    next_batch = batches.__anext__
     try:
-        while chunk is not None:
-            # Straight into the field: what pydantic's __setattr__ does, less
-            # its dispatch, which showed per chunk (validation is off for
-            # assignment, and `model` is always a field that was set).
-            chunk.__dict__["model"] = public_id
-            shown = True
-            if chunk.usage is not None:
-                usage = chunk.usage
-                if wants_usage and chunk.choices:
-                    # Some upstreams (Mistral) put usage on the finish chunk; SPEC
-                    # wants it in a chunk of its own, with no choices, at the end.
-                    usage_chunk = ChatCompletionChunk(
-                        id=chunk.id, created=chunk.created, model=public_id, usage=usage
-                    )
-                if not wants_usage or chunk.choices:
-                    chunk.usage = None
-                    shown = bool(chunk.choices)  # a usage-only chunk nobody asked for
-            if shown:
+        while batch is not None:
+            out: list[bytes] = []
+            for chunk in batch:
+                # Straight into the field: what pydantic's __setattr__ does, less
+                # its dispatch, which showed per chunk (validation is off for
+                # assignment, and `model` is always a field that was set).
+                chunk.__dict__["model"] = public_id
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                    if wants_usage and chunk.choices:
+                        # Some upstreams (Mistral) put usage on the finish chunk; SPEC
+                        # wants it in a chunk of its own, with no choices, at the end.
+                        usage_chunk = ChatCompletionChunk(
+                            id=chunk.id, created=chunk.created, model=public_id, usage=usage
+                        )
+                    if not wants_usage or chunk.choices:
+                        chunk.usage = None
+                        if not chunk.choices:
+                            continue  # a usage-only chunk nobody asked for
                 for choice in chunk.choices:
                     if choice.delta.content:
                         chars_out += len(choice.delta.content)
-                yield encode_data(_CHUNK_JSON.to_json(chunk, exclude_none=True))
+                out.append(encode_data(_CHUNK_JSON.to_json(chunk, exclude_none=True)))
+            if out:
+                yield out[0] if len(out) == 1 else b"".join(out)
             try:
-                chunk = await next_chunk()
+                batch = await next_batch()
             except StopAsyncIteration:
-                chunk = None
+                batch = None
         if usage_chunk is not None:
             yield encode_data(usage_chunk.model_dump_json(exclude_none=True).encode())
         yield DONE
@@ -497,6 +520,6 @@ async def _events(
     finally:
         if quota is not None:
             _report(quota, usage, prompt_estimate, chars_out)
-        closer = getattr(chunks, "aclose", None)
+        closer = getattr(batches, "aclose", None)
         if closer is not None:
             await closer()

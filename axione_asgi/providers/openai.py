@@ -63,16 +63,36 @@ class OpenAIProvider(HTTPProvider):
     async def stream(
         self, request: ChatCompletionRequest, model: str
     ) -> AsyncIterator[ChatCompletionChunk]:
+        async for batch in self.stream_batches(request, model):
+            for chunk in batch:
+                yield chunk
+
+    async def stream_batches(
+        self, request: ChatCompletionRequest, model: str
+    ) -> AsyncIterator[list[ChatCompletionChunk]]:
         payload = self.payload(request, model, stream=True)
-        async with self.post_events("/chat/completions", payload) as events:
-            async for event in events:
-                if event.data == "[DONE]":
+        async with self.post_event_batches("/chat/completions", payload) as batches:
+            async for events in batches:
+                chunks: list[ChatCompletionChunk] = []
+                done = False
+                for event in events:
+                    if event.data == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunks.append(self._chunk(event.data))
+                    except UpstreamError:
+                        if chunks:
+                            yield chunks  # what came before the bad chunk still counts
+                        raise
+                if chunks:
+                    yield chunks
+                if done:
                     # Read to the end of the body, so the connection goes back
                     # to the pool instead of being closed half-read.
-                    async for _ in events:
+                    async for _ in batches:
                         pass
                     return
-                yield self._chunk(event.data)
 
     def embedding_payload(self, request: EmbeddingRequest, model: str) -> dict[str, Any]:
         """The upstream body; floats are always asked for, the router encodes base64."""
