@@ -326,6 +326,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(e.g. a `git archive` export of a commit)",
     )
     parser.add_argument(
+        "--compare-src",
+        type=Path,
+        help="also measure the axione_asgi/ in this tree, as `axione-compare`, in the "
+        "same run (e.g. `git archive HEAD~1 | tar -x -C /tmp/before`): an A/B of a change",
+    )
+    parser.add_argument(
         "--axione-transports",
         type=lambda text: [t for t in text.split(",") if t],
         help="one axione target per upstream transport, e.g. httpx,aiohttp",
@@ -402,6 +408,21 @@ def main(argv: list[str] | None = None) -> int:
                             ),
                         )
                     )
+            if args.compare_src is not None:
+                plan.append(
+                    (
+                        "axione-compare",
+                        lambda: targets.axione(
+                            upstream_port,
+                            SHAPES,
+                            work,
+                            core=gateway_core,
+                            python=args.python,
+                            source=args.compare_src,
+                            name="axione-compare",
+                        ),
+                    )
+                )
             if "portkey" in peers:
                 plan.append(
                     (

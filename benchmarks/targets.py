@@ -122,6 +122,7 @@ def axione(
     python: str,
     source: Path | None = None,
     transport: str | None = None,
+    name: str | None = None,
 ) -> Target:
     """Axione under `python`; `source` (a tree holding axione_asgi/) goes first on
     PYTHONPATH, to measure another checkout than the installed one; `transport`
@@ -132,7 +133,7 @@ def axione(
     if not _axione_accepts(python, work, ledger, upstream_port, shapes, env):
         # The ledger is being rebuilt; older or newer configs may want a file.
         ledger = f"sqlite:///{work / 'axione-ledger.db'}"
-    name = f"axione-{transport}" if transport else "axione"
+    name = name or (f"axione-{transport}" if transport else "axione")
     config = work / f"{name}.toml"
     config.write_text(_axione_toml(upstream_port, shapes, ledger, transport))
     command = [
