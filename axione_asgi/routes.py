@@ -394,6 +394,8 @@ class GatewayRoutes:
         # first byte still gets a proper HTTP status, a retry or a fallback.
         timeout = self.first_byte_timeouts.get(route.provider_name)
         try:
+            if timeout is None:
+                return await anext(chunks, None), chunks
             async with asyncio.timeout(timeout):
                 return await anext(chunks, None), chunks
         except BaseException as exc:

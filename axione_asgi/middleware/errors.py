@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from itertools import chain
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -106,7 +107,8 @@ class ErrorFormatMiddleware:
 
 
 def _header_bytes(scope: Scope) -> int:
-    return sum(len(name) + len(value) for name, value in scope.get("headers", ()))
+    # Summed in C: this runs on every request.
+    return sum(map(len, chain.from_iterable(scope.get("headers", ()))))
 
 
 def _headers_too_large(limit: int) -> AxioneError:

@@ -10,7 +10,7 @@ from `data_received`, and a connection goes back to the pool when its answer
 is complete.
 
 What it does not do, by design: proxies, redirects, cookies, compression
-(it asks for none: `Accept-Encoding` is not sent), HTTP/2. Choose
+(it asks for `Accept-Encoding: identity`), HTTP/2. Choose
 `transport = "aiohttp"` or `"httpx"` for an upstream that needs them.
 """
 
@@ -267,9 +267,14 @@ class HttptoolsUpstream:
         host_header = url.hostname if default_port else f"{url.hostname}:{self._port}"
         if ":" in url.hostname and not default_port:  # an IPv6 literal
             host_header = f"[{url.hostname}]:{self._port}"
-        lines = [f"Host: {host_header}", "Content-Type: application/json"]
+        # No Accept-Encoding at all would allow any coding (RFC 9110): ask for none.
+        lines = [
+            f"Host: {host_header}",
+            "Content-Type: application/json",
+            "Accept-Encoding: identity",
+        ]
         for name, value in headers.items():
-            if name.lower() in ("host", "content-length", "content-type"):
+            if name.lower() in ("host", "content-length", "content-type", "accept-encoding"):
                 continue
             if any(c in f"{name}{value}" for c in "\r\n"):
                 raise ValueError(f"header {name!r} holds a line break")
