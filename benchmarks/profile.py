@@ -36,6 +36,7 @@ from run import CHAT, SHAPES, STREAM20, request_for, start_upstream  # noqa: E40
 
 # First match wins: the order puts the specific before the general.
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
+    ("axione upstream client", ("axione_asgi/transports/",)),
     ("axione middleware", ("axione_asgi/middleware/",)),
     ("axione quota", ("axione_asgi/quota/", "axione_asgi/scope.py")),
     ("axione routes", ("axione_asgi/routes.py", "axione_asgi/sse.py")),

@@ -38,9 +38,10 @@ __all__ = ["HttptoolsUpstream"]
 
 # Reading pauses while this much of a streamed answer waits to be consumed.
 _HIGH_WATER = 1 << 20
-# An idle connection older than this is closed rather than reused: servers
-# close theirs after 5 s (uvicorn) to 60 s or more, and a stale one costs a retry.
-_IDLE_S = 4.0
+# An idle connection older than this is closed rather than reused. A server
+# that closes one sooner (uvicorn after 5 s) is seen closing it, and one that
+# closes it just as a request leaves gets that request again on a new one.
+_IDLE_S = 30.0
 
 
 class _ClosedUnanswered(UpstreamTransportError):
