@@ -9,6 +9,7 @@ controls. Far less noisy than the load benchmark, so it is the figure to
 watch while changing the hot path (`run.py` stays the judge).
 
     python benchmarks/bench_app.py [--requests 20000] [--rounds 5]
+    python benchmarks/bench_app.py --instructions --requests 200   # under callgrind
 
 Prints CPU microseconds per request (the best round: interference only ever adds) for a non-streamed
 chat, a 20-chunk stream, a cache hit and a `/models` listing.
@@ -21,9 +22,14 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 from axione_asgi import AxioneConfig, create_app
@@ -226,22 +232,83 @@ async def run(requests: int, rounds: int, access_log: bool) -> dict[str, float]:
     return {name: min(values) for name, values in figures.items()}
 
 
+async def marked(name: str, requests: int) -> None:
+    """One scenario between two `os.getppid()` calls: callgrind's dump marks."""
+    app = build(True)
+    method, path, payload = SCENARIOS[name]
+    body = json.dumps(payload).encode() if payload is not None else b""
+    async with app.lifespan():
+        app.runtime.registry.providers["openai"]._client = MemoryUpstream()
+        for _ in range(50):  # warm-up
+            await one(app, method, path, body)
+        os.getppid()
+        for _ in range(requests):
+            await one(app, method, path, body)
+        os.getppid()
+
+
+def instructions(name: str, requests: int) -> float:
+    """Instructions per request of one scenario, counted by callgrind (repeatable to ~1 %)."""
+    with TemporaryDirectory() as tmp:
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--dump-before=os_getppid",
+                f"--callgrind-out-file={tmp}/cg.%p",
+                sys.executable,
+                __file__,
+                "--marked",
+                name,
+                "--requests",
+                str(requests),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        # Part 2 holds what ran between the two marks.
+        [part] = Path(tmp).glob("cg.*.2")
+        for line in part.read_text().splitlines():
+            if line.startswith("summary:"):
+                return int(line.split()[1]) / requests
+    raise SystemExit("callgrind wrote no summary")
+
+
+def _quiet_access_log() -> None:
+    # Access lines go to a handler that drops them: their formatting is measured, not a tty.
+    logger = logging.getLogger("axione.access")
+    logger.addHandler(logging.NullHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-access-log", action="store_true")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per request under callgrind instead (slow: use ~200 requests)",
+    )
+    parser.add_argument("--marked", choices=list(SCENARIOS), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    # Access lines go to a handler that drops them: their formatting is measured, not a tty.
-    logging.getLogger("axione.access").addHandler(logging.NullHandler())
-    logging.getLogger("axione.access").setLevel(logging.INFO)
-    logging.getLogger("axione.access").propagate = False
+    _quiet_access_log()
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
+    if args.marked:
+        asyncio.run(marked(args.marked, args.requests))
+        return
+    if args.instructions:
+        for name in SCENARIOS:
+            n = max(1, args.requests // 5) if name == "stream20" else args.requests
+            print(f"{name:10s} {instructions(name, n) / 1000:8.1f} k instructions per request")
+        return
     result = asyncio.run(run(args.requests, args.rounds, not args.no_access_log))
     for name, micros in result.items():
         print(f"{name:10s} {micros:8.1f} µs CPU per request")
