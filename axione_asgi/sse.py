@@ -27,44 +27,28 @@ def encode_data(payload: bytes) -> bytes:
 async def aiter_sse(lines: AsyncIterable[str]) -> AsyncIterator[SSEEvent]:
     """Parse decoded lines (as `httpx.Response.aiter_lines` yields them) into events.
 
-    Follows the WHATWG rules that matter for LLM upstreams: comments start with
-    ':', one leading space after the colon is dropped, several `data` lines join
-    with newlines, a blank line dispatches. An event left open at the end of the
-    stream is dispatched too, since some servers omit the last blank line.
+    The same rules as `SSEDecoder`, which does the parsing, for a source that
+    already split the stream into lines.
     """
-    event = "message"
-    data: list[str] = []
-    event_id: str | None = None
-    async for raw in lines:
-        line = raw.rstrip("\r\n")
-        if not line:
-            if data:
-                yield SSEEvent(event, "\n".join(data), event_id)
-            event, data = "message", []
-            continue
-        if line[0] == ":":
-            continue
-        field, sep, value = line.partition(":")
-        if sep and value[:1] == " ":
-            value = value[1:]
-        if field == "data":
-            data.append(value)
-        elif field == "event":
-            event = value or "message"
-        elif field == "id":
-            event_id = value
-    if data:
-        yield SSEEvent(event, "\n".join(data), event_id)
+    decoder = SSEDecoder()
+    async for line in lines:
+        for event in decoder.feed(line.rstrip("\r\n").encode() + b"\n"):
+            yield event
+    for event in decoder.close():
+        yield event
 
 
 class SSEDecoder:
     """Parses an event stream from its raw bytes, block by block, as they arrive.
 
+    Follows the WHATWG rules that matter for LLM upstreams: lines end in LF,
+    CRLF or CR; comments start with ':'; one leading space after the colon is
+    dropped; several `data` lines join with newlines; a blank line dispatches.
     `feed` takes whatever the network delivered (a block may end mid-line, even
     between a CR and its LF) and returns the events it completed; `close`
-    returns the one left open at the end. The same rules as `aiter_sse`, but
-    one call per network read instead of one async step per line: on a
-    stream of small events that is most of the parsing cost.
+    returns the one left open at the end, since some servers omit the last
+    blank line. One call per network read, not one async step per line: on a
+    stream of small events that was most of the parsing cost.
     """
 
     __slots__ = ("_data", "_event", "_id", "_pending")
@@ -89,43 +73,26 @@ class SSEDecoder:
         events: list[SSEEvent] = []
         data = self._data
         for line in lines:
-            # The common line first, inline: a stream is mostly `data:` lines.
-            if line[:5] == b"data:":
-                raw = line[6:] if line[5:6] == b" " else line[5:]
-                data.append(raw.decode("utf-8", "replace"))
-            elif line:
-                self._line(line, events)
-            elif data:
-                events.append(SSEEvent(self._event, "\n".join(data), self._id))
-                self._event, self._data = "message", []
-                data = self._data
-            else:
+            if not line:
+                if data:
+                    events.append(SSEEvent(self._event, "\n".join(data), self._id))
+                    data = self._data = []
                 self._event = "message"
+                continue
+            if line[0] == 0x3A:  # ":" starts a comment
+                continue
+            name, sep, raw = line.partition(b":")
+            if sep and raw[:1] == b" ":
+                raw = raw[1:]
+            value = raw.decode("utf-8", "replace")
+            if name == b"data":
+                data.append(value)
+            elif name == b"event":
+                self._event = value or "message"
+            elif name == b"id":
+                self._id = value
         return events
 
     def close(self) -> list[SSEEvent]:
         """The event left open when the stream ended (some servers omit the last blank line)."""
-        events: list[SSEEvent] = []
-        if self._pending:
-            self._line(self._pending.rstrip(b"\r"), events)
-            self._pending = b""
-        self._line(b"", events)
-        return events
-
-    def _line(self, line: bytes, events: list[SSEEvent]) -> None:
-        if not line:
-            if self._data:
-                events.append(SSEEvent(self._event, "\n".join(self._data), self._id))
-            self._event, self._data = "message", []
-            return
-        if line[0] == 0x3A:  # ":" starts a comment
-            return
-        name, sep, raw = line.partition(b":")
-        if sep and raw[:1] == b" ":
-            raw = raw[1:]
-        if name == b"data":
-            self._data.append(raw.decode("utf-8", "replace"))
-        elif name == b"event":
-            self._event = raw.decode("utf-8", "replace") or "message"
-        elif name == b"id":
-            self._id = raw.decode("utf-8", "replace")
+        return self.feed(b"\n\n")

@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from axione_asgi.config import ProviderConfig
 from axione_asgi.errors import (
@@ -41,6 +41,8 @@ from axione_asgi.transports import (
 if TYPE_CHECKING:  # httpx loads only when a provider uses it (start-up time)
     import httpx
 
+T = TypeVar("T")
+
 __all__ = [
     "BatchStreamingProvider",
     "EmbeddingProvider",
@@ -48,6 +50,7 @@ __all__ = [
     "ModelRoute",
     "Provider",
     "ProviderRegistry",
+    "flatten",
 ]
 
 
@@ -296,7 +299,7 @@ class HTTPProvider:
         with a proper status; transport failures mid-stream raise from the events.
         """
         async with self.post_event_batches(path, payload, params) as batches:
-            yield _flatten(batches)
+            yield flatten(batches)
 
     @asynccontextmanager
     async def post_event_batches(
@@ -355,10 +358,11 @@ class HTTPProvider:
             yield pending.rstrip(b"\r").decode("utf-8", "replace")
 
 
-async def _flatten(batches: AsyncIterator[list[SSEEvent]]) -> AsyncIterator[SSEEvent]:
+async def flatten(batches: AsyncIterator[list[T]]) -> AsyncIterator[T]:
+    """The items of each batch, one by one (a batch-streaming method's one-by-one face)."""
     async for batch in batches:
-        for event in batch:
-            yield event
+        for item in batch:
+            yield item
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from axione_asgi.openai_types import (
     EmbeddingRequest,
     EmbeddingResponse,
 )
-from axione_asgi.providers.base import HTTPProvider
+from axione_asgi.providers.base import HTTPProvider, flatten
 
 __all__ = ["MistralProvider", "OpenAIProvider"]
 
@@ -60,12 +60,10 @@ class OpenAIProvider(HTTPProvider):
                 f"Provider '{self.name}' answered with a malformed chat completion"
             ) from None
 
-    async def stream(
+    def stream(
         self, request: ChatCompletionRequest, model: str
     ) -> AsyncIterator[ChatCompletionChunk]:
-        async for batch in self.stream_batches(request, model):
-            for chunk in batch:
-                yield chunk
+        return flatten(self.stream_batches(request, model))
 
     async def stream_batches(
         self, request: ChatCompletionRequest, model: str

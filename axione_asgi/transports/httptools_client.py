@@ -129,12 +129,6 @@ class _Connection(asyncio.Protocol):
         else:
             self._fail(UpstreamTransportError("the upstream closed the connection"))
 
-    def pause_writing(self) -> None:  # pragma: no cover - request bodies are small
-        pass
-
-    def resume_writing(self) -> None:  # pragma: no cover
-        pass
-
     # -- httptools callbacks -------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.exchange
