@@ -13,7 +13,14 @@ from axione_asgi.config import AxioneConfig
 from axione_asgi.middleware.errors import ErrorFormatMiddleware
 from axione_asgi.observability.access_log import install_access_handler
 
-__all__ = ["CONFIG_ENV", "PrefixedGateway", "build_standalone", "load_config", "standalone_app"]
+__all__ = [
+    "CONFIG_ENV",
+    "PrefixedGateway",
+    "build_standalone",
+    "load_config",
+    "serving",
+    "standalone_app",
+]
 
 # How `axione serve` hands its --config to worker processes it spawns.
 CONFIG_ENV = "AXIONE_CONFIG"
@@ -77,9 +84,13 @@ def build_standalone(config: AxioneConfig) -> ASGIApp:
 def standalone_app() -> ASGIApp:
     """uvicorn's factory: each worker builds its app from the same config."""
     config = load_config(os.environ.get(CONFIG_ENV) or None)
+    return serving(build_standalone(config), config)
+
+
+def serving(app: ASGIApp, config: AxioneConfig) -> ASGIApp:
+    """`app` made ready to be served by this process: the access log and the GC."""
     if config.access_log.enabled:
         install_access_handler()  # uvicorn sets up only its own loggers
-    app = build_standalone(config)
     # What exists now (modules, models, config) lives as long as the process:
     # out of the collector's generations, full collections stop re-walking it
     # (a few percent of the CPU per request under load, measured in one run

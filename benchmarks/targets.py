@@ -338,6 +338,39 @@ def versions(litellm_venv: Path, portkey_dir: Path) -> dict[str, str]:
     return out
 
 
+def compile_bytecode(python: str, extra: list[Path]) -> list[str]:
+    """Compile `python`'s installed packages (and `extra` source trees) to bytecode.
+
+    `pip install` does this at install time, so a deployed gateway starts from
+    .pyc files; an editable install, `uv pip install` or PYTHONDONTWRITEBYTECODE
+    leave none, and every start then compiles its imports again (it doubled
+    Axione's start-up in one measurement). Returns the folders compiled.
+    """
+    found = subprocess.run(
+        [
+            python,
+            "-c",
+            "import json, sysconfig, importlib.util as u; "
+            "p = sysconfig.get_paths(); s = u.find_spec('axione_asgi'); "
+            "print(json.dumps([p['purelib'], p['platlib'], "
+            "*(s.submodule_search_locations or [] if s else [])]))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    folders = sorted({*json.loads(found.stdout), *(str(e) for e in extra)})
+    folders = [f for f in folders if Path(f).is_dir()]
+    if folders:
+        subprocess.run(
+            [python, "-m", "compileall", "-q", "-j", "0", *folders],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,  # a file that does not compile is the package's own concern
+        )
+    return folders
+
+
 def wait_first_200(check: object, target: Target, timeout: float) -> float:
     """Seconds from the process start until `check()` gives 200."""
     started = target.started_at or time.perf_counter()
