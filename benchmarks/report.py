@@ -33,7 +33,9 @@ COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
     ("chat RPS c1", ("scenarios", "chat_c1", "rps"), ",.0f"),
     ("chat RPS c16", ("scenarios", "chat_c16", "rps"), ",.0f"),
     ("chat RPS c64", ("scenarios", "chat_c64", "rps"), ",.0f"),
+    ("chat RPS c256", ("scenarios", "chat_c256", "rps"), ",.0f"),
     ("CPU ms/req (c16)", ("scenarios", "chat_c16", "cpu_ms_per_req"), ".3f"),
+    ("CPU ms/req (c256)", ("scenarios", "chat_c256", "cpu_ms_per_req"), ".3f"),
     ("p50 ms c1", ("scenarios", "chat_c1", "p50_ms"), ".2f"),
     ("p99 ms c1", ("scenarios", "chat_c1", "p99_ms"), ".2f"),
     ("stream20 RPS c16", ("scenarios", "stream20_c16", "rps"), ",.0f"),
@@ -133,6 +135,18 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             _get(results, "portkey", "scenarios", "chat_c16", "cpu_ms_per_req"),
         ),
         0.44,
+        ".2f",
+        at_most=True,
+    )
+
+    # "Cost per request flat from 1 to 256 connections": within a fifth.
+    add(
+        "CPU per request, 256 conns / 16 conns",
+        ratio(
+            _get(results, g, "scenarios", "chat_c256", "cpu_ms_per_req"),
+            _get(results, g, "scenarios", "chat_c16", "cpu_ms_per_req"),
+        ),
+        1.2,
         ".2f",
         at_most=True,
     )

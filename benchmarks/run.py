@@ -57,6 +57,7 @@ FULL = [
     Scenario("chat_c1", CHAT, 1),
     Scenario("chat_c16", CHAT, 16),
     Scenario("chat_c64", CHAT, 64),
+    Scenario("chat_c256", CHAT, 256),
     Scenario("stream20_c16", STREAM20, 16, stream=True),
     Scenario("stream200_c16", STREAM200, 16, stream=True),
     Scenario("cache_hit_c16", CHAT, 16, cached=True),
