@@ -332,6 +332,7 @@ def compile_bytecode(python: str, extra: list[Path]) -> list[str]:
         capture_output=True,
         text=True,
         check=True,
+        cwd="/",  # not the current folder, which `-c` would put on sys.path
     )
     folders = sorted({*json.loads(found.stdout), *(str(e) for e in extra)})
     folders = [f for f in folders if Path(f).is_dir()]
