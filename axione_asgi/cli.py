@@ -148,7 +148,7 @@ def _serve(args: argparse.Namespace, config: AxioneConfig) -> int:
 
     asyncio.run(_first_key(config))
     # Built here first, so a bad config fails before workers fork; a single
-    # worker serves this very app (building it again cost a tenth of start-up).
+    # worker serves this very app rather than building it a second time.
     from axione_asgi.standalone import build_standalone, serving
 
     app = build_standalone(config)
@@ -162,17 +162,17 @@ def _serve(args: argparse.Namespace, config: AxioneConfig) -> int:
         f"(providers: {names}; workers: {args.workers})",
         flush=True,
     )
-    target: str | Callable[[], ASGIApp] = "axione_asgi.standalone:standalone_app"
-    if args.workers <= 1:
-        target = partial(serving, app, config)
+    several = args.workers > 1
+    factory: str | Callable[[], ASGIApp] = (
+        "axione_asgi.standalone:standalone_app" if several else partial(serving, app, config)
+    )
     uvicorn.run(
-        target,
+        factory,
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers if args.workers > 1 else None,
-        # The gateway has no WebSocket route: not loading a WebSocket
-        # protocol saves a twentieth of start-up.
+        workers=args.workers if several else None,
+        # The gateway has no WebSocket route: uvicorn need not load a protocol for one.
         ws="none",
         log_level=args.log_level,
         access_log=False,
