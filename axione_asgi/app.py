@@ -17,10 +17,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from axione_asgi.admin.routes import AdminGateMiddleware
 from axione_asgi.admin.service import AdminService
+from axione_asgi.aliases import Aliases
 from axione_asgi.cache import ChatCache, open_chat_cache
 from axione_asgi.config import AxioneConfig
 from axione_asgi.dashboard.routes import DASHBOARD_PATH, DashboardRoutes
 from axione_asgi.dispatch import ExactRoutes
+from axione_asgi.errors import ErrorEnvelope
+from axione_asgi.exchange.pipeline import Pipeline
+from axione_asgi.ingress.anthropic_messages import AnthropicMessagesIngress
+from axione_asgi.ingress.base import Ingress
+from axione_asgi.ingress.openai_chat import OpenAIChatIngress
 from axione_asgi.keys import KeyRecord, KeyStore
 from axione_asgi.middleware.auth import KeyAuthMiddleware
 from axione_asgi.middleware.errors import ErrorFormatMiddleware
@@ -35,7 +41,6 @@ from axione_asgi.providers.factory import build_providers
 from axione_asgi.quota import QuotaService
 from axione_asgi.quota.days import utc_now
 from axione_asgi.quota.service import Clock
-from axione_asgi.routes import GatewayRoutes
 from axione_asgi.stores import open_key_store
 
 __all__ = ["PUBLIC_PATHS", "AxioneApp", "Runtime", "create_app"]
@@ -166,12 +171,20 @@ def create_app(
     config = config or AxioneConfig()
     built = build_providers(config, os.environ if environ is None else environ)
     built.update(providers or {})
-    registry = ProviderRegistry(built)
+    registry = ProviderRegistry(built, Aliases(config.aliases))
     store = key_store or open_key_store(config.storage.keys, config.keys)
     quota = QuotaService(config, key_store=store, clock=clock)
     cache = open_chat_cache(config.cache, config.storage.counters, clock or utc_now)
     runtime = Runtime(registry, store, quota, cache)
-    routes = GatewayRoutes(registry, quota, config, cache=cache)
+    pipeline = Pipeline(registry, config, cache)
+    # The client dialects: each one module over the same pipeline.
+    ingresses: list[Ingress] = [
+        OpenAIChatIngress(pipeline, registry, quota, config),
+        AnthropicMessagesIngress(pipeline, config),
+    ]
+    envelopes: dict[str, ErrorEnvelope] = {}
+    for ingress in ingresses:
+        envelopes.update(ingress.error_envelopes())
 
     # Observability, the usage page and the admin API: each absent when off.
     hub = build_observability(config)
@@ -226,7 +239,14 @@ def create_app(
                 CORSMiddleware,
                 allow_origins=config.cors.allow_origins,
                 allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["authorization", "content-type", "x-axione-cache"],
+                allow_headers=[
+                    "authorization",
+                    "x-api-key",
+                    "content-type",
+                    "x-axione-cache",
+                    "anthropic-version",
+                    "anthropic-beta",
+                ],
                 expose_headers=[*RESPONSE_HEADERS],
                 max_age=config.cors.max_age_s,
             )
@@ -236,10 +256,10 @@ def create_app(
     )
 
     app = AxioneApp(
-        routes=[*routes.routes(), *extra],
+        routes=[*(r for ingress in ingresses for r in ingress.routes()), *extra],
         middleware=[
             *observe,
-            Middleware(ErrorFormatMiddleware),
+            Middleware(ErrorFormatMiddleware, dialects=envelopes),
             *cors,
             Middleware(_StartOnFirstRequest, runtime=runtime),
             *admin,

@@ -110,9 +110,18 @@ class ChatCache:
         self.store = store
 
     def key_for(
-        self, request: ChatCompletionRequest, headers: Mapping[str, str], key_id: str | None
+        self,
+        request: ChatCompletionRequest,
+        headers: Mapping[str, str],
+        key_id: str | None,
+        *,
+        variant: str = "",
     ) -> str | None:
-        """The entry's key, or None when this request must not use the cache."""
+        """The entry's key, or None when this request must not use the cache.
+
+        `variant` names what the entry holds when it is not an OpenAI chat
+        completion (another dialect's rendering of the same answer).
+        """
         if request.stream:
             return None
         asked = headers.get(CACHE_HEADER, "").strip().lower()
@@ -122,7 +131,7 @@ class ChatCache:
         if not deterministic:
             return None
         scope = "shared" if self.config.shared_across_keys else f"key:{key_id}"
-        return cache_key(request, scope)
+        return cache_key(request, f"{variant}:{scope}" if variant else scope)
 
     async def get(self, key: str) -> bytes | None:
         """The cached answer body."""

@@ -126,6 +126,9 @@ class ProviderConfig(_Strict):
     transport: Literal["auto", "httptools", "aiohttp", "httpx"] = "auto"
     # A stream whose first event takes longer than this is retried or falls back.
     first_byte_timeout_s: float | None = Field(default=None, gt=0)
+    # Kind `anthropic`, on pass-through: the `anthropic-beta` values forwarded
+    # (None: every one the client sends).
+    allowed_betas: list[str] | None = None
 
     @field_validator("transport")
     @classmethod
@@ -327,6 +330,8 @@ class AxioneConfig(_Strict):
     request: RequestLimits = Field(default_factory=RequestLimits)
     # Per public model id, the models to try in order when it fails.
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    # Other names for models (SPEC 9): exact, or with one `*` that the target repeats.
+    aliases: dict[str, str] = Field(default_factory=dict)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
@@ -347,6 +352,18 @@ class AxioneConfig(_Strict):
         for name in value:
             if not name or "/" in name:
                 raise ValueError(f"provider name {name!r} must be non-empty and hold no '/'")
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_shapes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, target in value.items():
+            if name.count("*") > 1 or target.count("*") > name.count("*"):
+                raise ValueError(
+                    f"alias {name!r}: a pattern holds one '*', and its target at most that one"
+                )
+            if "/" not in target:
+                raise ValueError(f"alias {name!r}: the target must be 'provider/model'")
         return value
 
     def tier_table(self) -> dict[int, TierLimits]:

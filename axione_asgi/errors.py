@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 __all__ = [
+    "OPENAI_ENVELOPE",
     "AuthenticationFailed",
     "AxioneError",
+    "ErrorEnvelope",
     "InvalidRequest",
     "ModelNotAllowed",
     "ModelNotFound",
@@ -21,6 +23,7 @@ __all__ = [
     "UpstreamTimeout",
     "error_body",
     "scrub_secrets",
+    "status_error",
 ]
 
 
@@ -51,6 +54,9 @@ class AxioneError(Exception):
         self.headers = headers or {}
         if status is not None:
             self.status = status  # type: ignore[misc]
+        # On pass-through, the upstream's own error answer in the client's
+        # dialect: (status, body); that dialect's client gets it as it was.
+        self.native: tuple[str, int, bytes] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The `{"error": {...}}` object of SPEC section 2."""
@@ -179,6 +185,48 @@ def error_body(status: int, message: str, code: str, param: str | None = None) -
         {"error": {"type": etype, "message": message, "code": code, "param": param}},
         ensure_ascii=False,
     ).encode()
+
+
+def status_error(status: int, message: str, code: str) -> AxioneError:
+    """The error type of SPEC section 2 for a bare status (a 404 or 405 from a router)."""
+    kinds: dict[int, type[AxioneError]] = {
+        401: AuthenticationFailed,
+        403: PermissionDenied,
+        404: NotFound,
+        413: RequestTooLarge,
+        429: RateLimited,
+        502: UpstreamError,
+        503: ProviderUnavailable,
+        504: UpstreamTimeout,
+    }
+    kind = kinds.get(status, InvalidRequest if 400 <= status < 500 else AxioneError)
+    return kind(message, code=code, status=status)
+
+
+class ErrorEnvelope(Protocol):
+    """How one client dialect writes an error: the body of a whole error answer.
+
+    An error that carries an upstream's own answer in this `dialect`
+    (`AxioneError.native`, on pass-through) is sent as that answer instead.
+    """
+
+    dialect: str
+
+    def render(self, exc: AxioneError) -> bytes:
+        """The JSON body for `exc` (its status and headers are sent as they are)."""
+        ...
+
+
+class _OpenAIEnvelope:
+    """SPEC section 2: `{"error": {"type", "message", "code", "param"}}`."""
+
+    dialect = "openai-chat"
+
+    def render(self, exc: AxioneError) -> bytes:
+        return exc.body()
+
+
+OPENAI_ENVELOPE: ErrorEnvelope = _OpenAIEnvelope()
 
 
 # Shapes of credentials the known providers issue, so a message copied from an

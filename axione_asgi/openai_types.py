@@ -33,6 +33,7 @@ __all__ = [
     "ImagePart",
     "ImageURL",
     "OtherPart",
+    "Reasoning",
     "ResponseFormat",
     "ResponseMessage",
     "StreamOptions",
@@ -157,6 +158,13 @@ class ResponseFormat(_Open):
     json_schema: dict[str, Any] | None = None
 
 
+class Reasoning(_Open):
+    """How much a model may think before it answers (Anthropic `thinking`, OpenAI effort)."""
+
+    effort: Literal["minimal", "low", "medium", "high"] | None = None
+    budget_tokens: int | None = Field(default=None, ge=0)
+
+
 class ChatCompletionRequest(_Open):
     """An OpenAI chat completion request, validated once at the edge."""
 
@@ -177,6 +185,9 @@ class ChatCompletionRequest(_Open):
     n: int | None = Field(default=None, ge=1, le=128)
     # OpenRouter's convention: models to try in order. Never sent upstream.
     models: list[str] | None = Field(default=None, exclude=True, max_length=16)
+    # Reasoning asked for in another dialect (Anthropic `thinking`); each
+    # provider sends it in its own form, never as this field.
+    reasoning: Reasoning | None = Field(default=None, exclude=True)
 
     @property
     def output_cap(self) -> int | None:
@@ -207,6 +218,8 @@ class ResponseMessage(_Open):
     content: str | None = None
     tool_calls: list[ToolCall] | None = None
     refusal: str | None = None
+    # The model's visible reasoning, as OpenAI-compatible servers name it.
+    reasoning_content: str | None = None
 
 
 class Choice(_Open):
@@ -258,6 +271,7 @@ class Delta(_Open):
     content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
     refusal: str | None = None
+    reasoning_content: str | None = None
 
 
 class ChunkChoice(_Open):

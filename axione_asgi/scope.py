@@ -9,10 +9,12 @@ from starlette.types import Scope
 from axione_asgi.keys import KeyRecord
 
 __all__ = [
+    "DIALECT",
     "KEY",
     "QUOTA",
     "REQUEST_ID",
     "QuotaHandle",
+    "api_key_of",
     "bearer_token",
     "exempt_from_quota",
     "key_of",
@@ -22,6 +24,7 @@ __all__ = [
     "state_of",
 ]
 
+DIALECT = "axione.dialect"
 KEY = "axione.key"
 QUOTA = "axione.quota"
 REQUEST_ID = "axione.request_id"
@@ -112,3 +115,21 @@ def bearer_token(scope: Scope) -> str | None:
             scheme, _, token = value.decode("latin-1").partition(" ")
             return (token.strip() or None) if scheme.lower() == "bearer" else None
     return None
+
+
+def api_key_of(scope: Scope) -> str | None:
+    """The client's key: `Authorization: Bearer ...`, else `x-api-key`.
+
+    The first is what OpenAI clients and `ANTHROPIC_AUTH_TOKEN` send, the
+    second what `ANTHROPIC_API_KEY` sends; every route takes either.
+    """
+    x_api_key: str | None = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                bearer: str = token.strip()
+                return bearer
+        elif name == b"x-api-key":
+            x_api_key = value.decode("latin-1").strip() or None
+    return x_api_key

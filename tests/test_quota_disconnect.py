@@ -12,6 +12,7 @@ import anyio
 import httpx
 import pytest
 
+from axione_asgi.exchange.estimate import estimate_prompt_tokens
 from axione_asgi.openai_types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -21,7 +22,6 @@ from axione_asgi.openai_types import (
     new_id,
 )
 from axione_asgi.quota import UsageRecord
-from axione_asgi.routes import estimate_prompt_tokens
 from tests.helpers import serve_in_thread
 from tests.quota_app import Gateway, gateway, quota_config
 

@@ -21,10 +21,10 @@ from axione_asgi.errors import (
     PermissionDenied,
     RequestTooLarge,
 )
+from axione_asgi.exchange.parsing import parse_body
 from axione_asgi.keys import KeyStore, hash_key, hashes_equal
 from axione_asgi.middleware.errors import send_error
-from axione_asgi.routes import parse_body
-from axione_asgi.scope import bearer_token, route_path
+from axione_asgi.scope import api_key_of, route_path
 
 __all__ = ["AdminGateMiddleware", "admin_routes"]
 
@@ -193,7 +193,7 @@ class AdminGateMiddleware:
         if scope["type"] != "http" or not _under(route_path(scope), self.prefix):
             await self.app(scope, receive, send)
             return
-        secret = bearer_token(scope)
+        secret = api_key_of(scope)
         if not secret:
             await send_error(
                 send,

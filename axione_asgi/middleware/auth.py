@@ -1,4 +1,4 @@
-"""KeyAuthMiddleware: resolves the bearer key through a TTL cache in front of a KeyStore."""
+"""KeyAuthMiddleware: the client's key (Bearer or x-api-key), through a TTL cache, to a KeyStore."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from axione_asgi.errors import AuthenticationFailed
 from axione_asgi.keys import KeyRecord, KeyStore, hash_key, hashes_equal
 from axione_asgi.middleware.errors import send_error
-from axione_asgi.scope import KEY, bearer_token, route_path, state_of
+from axione_asgi.scope import KEY, api_key_of, route_path, state_of
 
 __all__ = ["KeyAuthMiddleware"]
 
 _MISSING = AuthenticationFailed(
-    "Missing API key: send it as 'Authorization: Bearer sk-...'", code="missing_api_key"
+    "Missing API key: send it as 'Authorization: Bearer sk-...' or 'x-api-key: sk-...'",
+    code="missing_api_key",
 )
 
 
@@ -64,9 +65,9 @@ class KeyAuthMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        secret = bearer_token(scope)
+        secret = api_key_of(scope)
         if not secret:
-            await send_error(send, _MISSING)
+            await send_error(send, _MISSING, scope=scope)
             return
         record = await self._resolve(hash_key(secret))
         if record is None or record.revoked:
@@ -76,6 +77,7 @@ class KeyAuthMiddleware:
                     "Incorrect API key provided" if record is None else "This API key was revoked",
                     code="invalid_api_key",
                 ),
+                scope=scope,
             )
             return
         state_of(scope)[KEY] = record

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from itertools import chain
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from axione_asgi.errors import AxioneError, InvalidRequest, error_body
+from axione_asgi.errors import (
+    OPENAI_ENVELOPE,
+    AxioneError,
+    ErrorEnvelope,
+    InvalidRequest,
+    status_error,
+)
 from axione_asgi.openai_types import new_id
-from axione_asgi.scope import REQUEST_ID, state_of
+from axione_asgi.scope import DIALECT, REQUEST_ID, route_path, state_of
 
-__all__ = ["MAX_HEADER_BYTES", "ErrorFormatMiddleware", "send_error"]
+__all__ = ["MAX_HEADER_BYTES", "ErrorFormatMiddleware", "envelope_of", "send_error"]
 
 logger = logging.getLogger("axione")
 
@@ -26,18 +33,35 @@ _CODES = {
 }
 
 
+def envelope_of(scope: Scope | None) -> ErrorEnvelope:
+    """The error envelope of the dialect of the route called (OpenAI's by default)."""
+    if scope is None:
+        return OPENAI_ENVELOPE
+    envelope: ErrorEnvelope | None = state_of(scope).get(DIALECT)
+    return envelope or OPENAI_ENVELOPE
+
+
 async def send_error(
-    send: Send, exc: AxioneError, extra_headers: list[tuple[bytes, bytes]] | None = None
+    send: Send,
+    exc: AxioneError,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    scope: Scope | None = None,
 ) -> None:
-    """Send `exc` as a whole JSON response."""
-    body = exc.body()
+    """Send `exc` as a whole JSON response, in the dialect of the route `scope` called."""
+    envelope = envelope_of(scope)
+    status = exc.status
+    if exc.native is not None and exc.native[0] == envelope.dialect:
+        _, status, body = exc.native  # the upstream's own answer, on pass-through
+    else:
+        body = envelope.render(exc)
     headers = [
         (b"content-type", _JSON),
         (b"content-length", str(len(body)).encode()),
         *((k.lower().encode(), v.encode()) for k, v in exc.headers.items()),
         *(extra_headers or []),
     ]
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -48,17 +72,33 @@ class ErrorFormatMiddleware:
     `api_error` naming the request id (the traceback goes to the log only);
     error responses from below that are not JSON (Starlette's 404 and 405, a
     host route's plain-text error) are rewritten into SPEC's JSON.
+
+    `dialects` maps route paths (relative to the app's mount point) to the
+    error envelope of the client dialect served there; the layers below read
+    it from the scope (`envelope_of`), so every error a client of that route
+    sees, a 401 included, is in its own dialect. Other paths get OpenAI's.
     """
 
-    def __init__(self, app: ASGIApp, *, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        dialects: Mapping[str, ErrorEnvelope] | None = None,
+    ) -> None:
         self.app = app
         self.max_header_bytes = max_header_bytes
+        self.dialects = dict(dialects or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         state = state_of(scope)
+        if self.dialects:
+            envelope = self.dialects.get(route_path(scope))
+            if envelope is not None:
+                state[DIALECT] = envelope
         if REQUEST_ID in state:
             # An outer ErrorFormatMiddleware (a host's, or the standalone
             # server's) already owns this request.
@@ -69,7 +109,7 @@ class ErrorFormatMiddleware:
         stamp = (b"x-request-id", request_id.encode())
         if self.max_header_bytes and _header_bytes(scope) > self.max_header_bytes:
             # uvicorn's httptools parser sets no limit of its own; Envoy's is 60 KiB.
-            await send_error(send, _headers_too_large(self.max_header_bytes), [stamp])
+            await send_error(send, _headers_too_large(self.max_header_bytes), [stamp], scope=scope)
             return
         started = False
         held: Message | None = None  # a non-JSON error start, kept until its body is read
@@ -97,13 +137,13 @@ class ErrorFormatMiddleware:
         except AxioneError as exc:
             if started:
                 raise
-            await send_error(send, exc, [stamp])
+            await send_error(send, exc, [stamp], scope=scope)
         except Exception:
             logger.exception("unhandled error in request %s", request_id)
             if started:
                 raise
             failure = AxioneError(f"The gateway failed unexpectedly; request id {request_id}")
-            await send_error(send, failure, [stamp])
+            await send_error(send, failure, [stamp], scope=scope)
 
 
 def _header_bytes(scope: Scope) -> int:
@@ -133,9 +173,8 @@ async def _send_rewritten(
         message = f"Method {scope.get('method', '')} is not allowed on {scope.get('path', '')}"
     else:
         message = body[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
-    new_body = error_body(
-        status, message, _CODES.get(status, "error" if status < 500 else "api_error")
-    )
+    code = _CODES.get(status, "error" if status < 500 else "api_error")
+    new_body = envelope_of(scope).render(status_error(status, message, code))
     kept = [
         (k, v)
         for k, v in start.get("headers", [])

@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from axione_asgi.errors import AxioneError
 from axione_asgi.keys import KeyRecord
-from axione_asgi.middleware.errors import send_error
+from axione_asgi.middleware.errors import envelope_of, send_error
 from axione_asgi.quota.days import format_duration
 from axione_asgi.quota.service import Admission, QuotaExceeded, QuotaService, Snapshot
 from axione_asgi.scope import QUOTA, key_of, request_id_of, state_of
@@ -28,6 +28,14 @@ format_reset = format_duration
 _LATE_REPORT_WAIT_S = 0.25
 # Status recorded for a response that never completed: the client went away.
 _CLIENT_GONE = 499
+
+
+def _session_id(scope: Scope) -> str | None:
+    """Claude Code's session id, kept in the ledger so an operator can sum a session."""
+    for name, value in scope["headers"]:
+        if name == b"x-claude-code-session-id":
+            return value.decode("latin-1")[:128] or None
+    return None
 
 
 def ratelimit_headers(snapshot: Snapshot, now: datetime) -> list[tuple[bytes, bytes]]:
@@ -177,7 +185,7 @@ class TierQuotaMiddleware:
                         refused = started = completed = True
                         status = exc.status
                         headers = ratelimit_headers(exc.snapshot, now)
-                        await send_error(send, exc, headers)
+                        await send_error(send, exc, headers, scope=scope)
                         return
                 snapshot = handle.snapshot or await service.snapshot(key, tier=handle.tier, now=now)
                 headers = [*message.get("headers", ()), *ratelimit_headers(snapshot, now)]
@@ -194,14 +202,14 @@ class TierQuotaMiddleware:
                 raise
             # Raised before any answer (the route's 429 among them): sent from
             # here so that it carries the x-ratelimit-* headers too.
-            await send_error(send_wrapper, exc)
+            await send_error(send_wrapper, exc, scope=scope)
         except Exception:
             if started:
                 raise
             request_id = request_id_of(scope)
             logger.exception("unhandled error in request %s", request_id)
             failure = AxioneError(f"The gateway failed unexpectedly; request id {request_id}")
-            await send_error(send_wrapper, failure)
+            await send_error(send_wrapper, failure, scope=scope)
         finally:
             admission = handle.admission
             if admission is not None:
@@ -222,6 +230,8 @@ class TierQuotaMiddleware:
                         latency_ms=(time.monotonic() - began) * 1000,
                         request_id=request_id_of(scope),
                         cache_hit=handle.cache_hit,
+                        dialect=envelope_of(scope).dialect,
+                        session_id=_session_id(scope),
                     )
                 except Exception:
                     # The answer is already out: a failing counter store must

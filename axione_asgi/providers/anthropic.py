@@ -7,6 +7,7 @@ import binascii
 import json
 import re
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from axione_asgi.errors import (
@@ -38,16 +39,23 @@ from axione_asgi.openai_types import (
     new_id,
 )
 from axione_asgi.providers.base import HTTPProvider
+from axione_asgi.transports import UpstreamResponse, UpstreamStream, json_bytes
 
 __all__ = [
     "ANTHROPIC_VERSION",
+    "MESSAGES_DIALECT",
     "AnthropicProvider",
     "translate_request",
     "translate_response",
 ]
 
 ANTHROPIC_VERSION = "2023-06-01"
-"""The `anthropic-version` header sent with every request."""
+"""The `anthropic-version` header sent with every request the gateway writes itself."""
+
+MESSAGES_DIALECT = "anthropic-messages"
+"""The client dialect this provider's upstream speaks, for pass-through."""
+
+_NATIVE_PATHS = {"messages": "/v1/messages", "count_tokens": "/v1/messages/count_tokens"}
 
 Json = dict[str, Any]
 
@@ -661,6 +669,41 @@ class AnthropicProvider(HTTPProvider):
         raise UpstreamError(
             f"Provider '{self.name}' ended the stream before the answer was complete"
         )
+
+    # -- pass-through (the native face) --------------------------------------
+    def native_dialects(self) -> frozenset[str]:
+        return frozenset({MESSAGES_DIALECT})
+
+    def _native(
+        self, dialect: str, operation: str, body: dict[str, Any], model: str,
+        headers: Mapping[str, str],
+    ) -> tuple[str, bytes, dict[str, str]]:  # fmt: skip
+        if dialect != MESSAGES_DIALECT or operation not in _NATIVE_PATHS:
+            raise InvalidRequest(f"Provider '{self.name}' does not serve {dialect} {operation}")
+        forwarded = {**body, "model": self.upstream_model(model)}
+        sent = {"anthropic-version": headers.get("anthropic-version") or ANTHROPIC_VERSION}
+        betas = headers.get("anthropic-beta")
+        allowed = self.config.allowed_betas
+        if betas and allowed is not None:
+            betas = ",".join(b for b in (x.strip() for x in betas.split(",")) if b in allowed)
+        if betas:
+            sent["anthropic-beta"] = betas
+        return _NATIVE_PATHS[operation], json_bytes(forwarded), sent
+
+    async def forward(
+        self, dialect: str, operation: str, body: dict[str, Any], model: str,
+        headers: Mapping[str, str],
+    ) -> UpstreamResponse:  # fmt: skip
+        """The client's Messages body to `/v1/messages` (or count_tokens), as sent."""
+        path, payload, sent = self._native(dialect, operation, body, model, headers)
+        return await self.forward_bytes(path, payload, sent, dialect)
+
+    def forward_stream(
+        self, dialect: str, operation: str, body: dict[str, Any], model: str,
+        headers: Mapping[str, str],
+    ) -> AbstractAsyncContextManager[UpstreamStream]:  # fmt: skip
+        path, payload, sent = self._native(dialect, operation, body, model, headers)
+        return self.forward_stream_bytes(path, payload, sent, dialect)
 
     def upstream_message(self, body: bytes) -> str:
         """The message of Anthropic's `{"type": "error", "error": {...}}` body."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
+from axione_asgi.aliases import Aliases, match_glob
 from axione_asgi.config import ProviderConfig
 from axione_asgi.errors import (
     AxioneError,
@@ -31,6 +32,7 @@ from axione_asgi.sse import SSEDecoder, SSEEvent
 from axione_asgi.transports import (
     UpstreamClient,
     UpstreamConnectError,
+    UpstreamResponse,
     UpstreamStream,
     UpstreamTimeoutError,
     UpstreamTransportError,
@@ -48,8 +50,10 @@ __all__ = [
     "EmbeddingProvider",
     "HTTPProvider",
     "ModelRoute",
+    "NativeProvider",
     "Provider",
     "ProviderRegistry",
+    "TokenCountingProvider",
     "flatten",
 ]
 
@@ -114,6 +118,46 @@ class EmbeddingProvider(Protocol):
 
     async def embed(self, request: EmbeddingRequest, model: str) -> EmbeddingResponse:
         """Float vectors for the request's inputs (the router encodes base64)."""
+        ...
+
+
+@runtime_checkable
+class NativeProvider(Protocol):
+    """A provider whose upstream speaks a client dialect itself: the pass-through face.
+
+    For `dialect` (say "anthropic-messages") and one of its operations
+    ("messages", "count_tokens"), the client's parsed body goes upstream as
+    sent but for its `model`, with the client's dialect headers (`headers`);
+    the answer comes back as the upstream wrote it. An error answer raises
+    the mapped `AxioneError` (so retries and fallbacks judge it) with the
+    upstream's own answer in its `native`.
+    """
+
+    def native_dialects(self) -> frozenset[str]:
+        """The client dialects this provider's upstream speaks."""
+        ...
+
+    async def forward(
+        self, dialect: str, operation: str, body: dict[str, Any], model: str,
+        headers: Mapping[str, str],
+    ) -> UpstreamResponse:  # fmt: skip
+        """One whole answer."""
+        ...
+
+    def forward_stream(
+        self, dialect: str, operation: str, body: dict[str, Any], model: str,
+        headers: Mapping[str, str],
+    ) -> AbstractAsyncContextManager[UpstreamStream]:  # fmt: skip
+        """The answer, read as it arrives, once its status is known good."""
+        ...
+
+
+@runtime_checkable
+class TokenCountingProvider(Protocol):
+    """A provider whose upstream counts a prompt's tokens (Gemini's countTokens)."""
+
+    async def count_tokens(self, request: ChatCompletionRequest, model: str) -> int:
+        """The prompt tokens of `request` as the upstream counts them."""
         ...
 
 
@@ -189,11 +233,16 @@ class HTTPProvider:
             raise ModelNotFound(f"{self.name}/{model}") from None
 
     def upstream_model(self, model: str) -> str:
-        """The upstream's own id for a public model name."""
-        try:
-            return self.config.models[model]
-        except KeyError:
-            raise ModelNotFound(f"{self.name}/{model}") from None
+        """The upstream's own id for a public model name (or one a `*` pattern matches)."""
+        models = self.config.models
+        found = models.get(model)
+        if found is not None:
+            return found
+        for pattern, target in models.items():
+            matched = match_glob(pattern, model)
+            if matched is not None:
+                return target.replace("*", matched)
+        raise ModelNotFound(f"{self.name}/{model}")
 
     # -- errors --------------------------------------------------------------
     def scrub(self, text: str) -> str:
@@ -289,6 +338,42 @@ class HTTPProvider:
         except ValueError:
             raise UpstreamError(f"Provider '{self.name}' answered with invalid JSON") from None
 
+    async def forward_bytes(
+        self, path: str, body: bytes, headers: Mapping[str, str], native: str
+    ) -> UpstreamResponse:
+        """POST a client's body as it is; an error answer raises, keeping it in `native`."""
+        with self.transport_errors():
+            response = await self.client.post(path, body, None, headers)
+        if response.status >= 400:
+            raise self.native_error(native, response.status, response.body, response.headers)
+        return response
+
+    @asynccontextmanager
+    async def forward_stream_bytes(
+        self, path: str, body: bytes, headers: Mapping[str, str], native: str
+    ) -> AsyncIterator[UpstreamStream]:
+        """As `forward_bytes`, the answer read as it arrives."""
+        with self.transport_errors():
+            async with self.client.stream(path, body, None, headers) as response:
+                if response.status >= 400:
+                    error_body = await response.read()
+                    raise self.native_error(native, response.status, error_body, response.headers)
+                yield response
+
+    def native_error(
+        self, dialect: str, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> AxioneError:
+        """The mapped error of an upstream's answer, carrying that answer for its dialect.
+
+        The upstream's rejection of the gateway's own credentials is not
+        passed on: the client's key is fine, and its client must not think
+        otherwise (nor see the upstream's words about our key).
+        """
+        error = self.error_for_status(status, body, headers)
+        if status not in (401, 403):
+            error.native = (dialect, status, self.scrub(body.decode("utf-8", "replace")).encode())
+        return error
+
     @asynccontextmanager
     async def post_events(
         self, path: str, payload: Any, params: Mapping[str, str] | None = None
@@ -383,14 +468,24 @@ class ModelRoute:
 
 
 class ProviderRegistry:
-    """Resolves `provider/model` ids to providers; built once at start-up."""
+    """Resolves `provider/model` ids and aliases to providers; built once at start-up.
 
-    def __init__(self, providers: Mapping[str, Provider]) -> None:
+    A provider's model name holding a `*` (`"claude-*" = "claude-*"` in its
+    `models`) is a pattern: any name it matches is served, and none is
+    listed in `/models`.
+    """
+
+    def __init__(self, providers: Mapping[str, Provider], aliases: Aliases | None = None) -> None:
         self.providers = dict(providers)
+        self.aliases = aliases or Aliases()
         self._routes: dict[str, ModelRoute] = {}
         self._embedding_routes: dict[str, ModelRoute] = {}
+        self._patterns: dict[str, list[str]] = {}
         for pname, provider in self.providers.items():
             for model in provider.models():
+                if "*" in model:
+                    self._patterns.setdefault(pname, []).append(model)
+                    continue
                 public = f"{pname}/{model}"
                 self._routes[public] = ModelRoute(public, pname, model, provider)
             if isinstance(provider, EmbeddingProvider):
@@ -400,8 +495,13 @@ class ProviderRegistry:
                     self._embedding_routes[public] = route
 
     def resolve(self, public_id: str) -> ModelRoute:
-        """The chat route for a public id, or `ModelNotFound`."""
+        """The chat route for a public id or an alias, or `ModelNotFound`."""
         route = self._routes.get(public_id)
+        if route is None:
+            target = self.aliases.target(public_id)
+            route = self._routes.get(target) if target else None
+            if route is None:
+                route = self._matched(target or public_id)
         if route is None:
             if public_id in self._embedding_routes:
                 raise InvalidRequest(
@@ -411,6 +511,14 @@ class ProviderRegistry:
                 )
             raise ModelNotFound(public_id)
         return route
+
+    def _matched(self, public_id: str) -> ModelRoute | None:
+        # Made anew each time: names come from clients, and a cache of them would grow.
+        pname, _, model = public_id.partition("/")
+        for pattern in self._patterns.get(pname, ()):
+            if match_glob(pattern, model) is not None:
+                return ModelRoute(public_id, pname, model, self.providers[pname])
+        return None
 
     def resolve_embedding(self, public_id: str) -> ModelRoute:
         """The embedding route for a public id, or a clear error."""

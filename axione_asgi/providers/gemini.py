@@ -708,6 +708,21 @@ class GeminiProvider(HTTPProvider):
         answer = await self.post_json(self._path(model, "generateContent"), body)
         return from_gemini(answer, self.name)
 
+    async def count_tokens(self, request: ChatCompletionRequest, model: str) -> int:
+        """The prompt's tokens by `models/{model}:countTokens` (the whole request counted)."""
+        upstream = self.upstream_model(model)
+        body = {
+            "generateContentRequest": {
+                "model": f"models/{upstream}",
+                **to_gemini(request, upstream),
+            }
+        }
+        answer = await self.post_json(self._path(model, "countTokens"), body)
+        total = answer.get("totalTokens") if isinstance(answer, dict) else None
+        if not isinstance(total, int) or total < 0:
+            raise UpstreamError(f"Provider '{self.name}' answered countTokens without a count")
+        return total
+
     async def stream(
         self, request: ChatCompletionRequest, model: str
     ) -> AsyncIterator[ChatCompletionChunk]:

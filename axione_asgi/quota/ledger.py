@@ -59,6 +59,10 @@ class UsageRecord:
     latency_ms: float
     request_id: str | None = None
     cache_hit: bool = False
+    # The client dialect of the route called ("openai-chat", "anthropic-messages").
+    dialect: str | None = None
+    # A client's own session id (Claude Code's `X-Claude-Code-Session-Id`), to sum a session.
+    session_id: str | None = None
 
     @property
     def day(self) -> date:
@@ -155,19 +159,21 @@ CREATE TABLE IF NOT EXISTS usage_ledger (
     status INTEGER NOT NULL,
     latency_ms REAL NOT NULL,
     request_id TEXT,
-    cache_hit INTEGER NOT NULL DEFAULT 0
+    cache_hit INTEGER NOT NULL DEFAULT 0,
+    dialect TEXT,
+    session_id TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_ledger_day_key ON usage_ledger (day, key_id);
 """
 
 _COLUMNS = (
     "time, key_id, model, provider, prompt_tokens, completion_tokens, estimated, status, "
-    "latency_ms, request_id, cache_hit"
+    "latency_ms, request_id, cache_hit, dialect, session_id"
 )
 _INSERT = (
     "INSERT INTO usage_ledger (time, day, key_id, model, provider, prompt_tokens, "
-    "completion_tokens, estimated, status, latency_ms, request_id, cache_hit) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "completion_tokens, estimated, status, latency_ms, request_id, cache_hit, dialect, "
+    "session_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -185,6 +191,8 @@ def _row(r: UsageRecord) -> tuple[object, ...]:
         r.latency_ms,
         r.request_id,
         int(r.cache_hit),
+        r.dialect,
+        r.session_id,
     )
 
 
@@ -205,10 +213,14 @@ class SQLiteLedger:
             conn = connect(self.path)
             conn.executescript(_SCHEMA)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(usage_ledger)")}
-            if "cache_hit" not in columns:  # a ledger written before the response cache
-                conn.execute(
-                    "ALTER TABLE usage_ledger ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0"
-                )
+            # Columns added since the first ledgers were written, added to old files.
+            for column, kind in (
+                ("cache_hit", "INTEGER NOT NULL DEFAULT 0"),
+                ("dialect", "TEXT"),
+                ("session_id", "TEXT"),
+            ):
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE usage_ledger ADD COLUMN {column} {kind}")
             self._conn = conn
         return self._conn
 
@@ -246,6 +258,8 @@ class SQLiteLedger:
                 latency_ms=row[8],
                 request_id=row[9],
                 cache_hit=bool(row[10]),
+                dialect=row[11],
+                session_id=row[12],
             )
             for row in rows
         ]

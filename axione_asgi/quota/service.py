@@ -277,6 +277,8 @@ class QuotaService:
         latency_ms: float = 0.0,
         request_id: str | None = None,
         cache_hit: bool = False,
+        dialect: str | None = None,
+        session_id: str | None = None,
     ) -> None:
         """Replace the reservation by the real count, and queue the ledger record."""
         prompt_tokens = max(0, prompt_tokens)
@@ -302,6 +304,8 @@ class QuotaService:
                     latency_ms=latency_ms,
                     request_id=request_id,
                     cache_hit=cache_hit,
+                    dialect=dialect,
+                    session_id=session_id,
                 )
             )
 

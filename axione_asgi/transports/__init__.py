@@ -90,13 +90,21 @@ class UpstreamClient(Protocol):
     """One provider's pooled connection to its upstream."""
 
     async def post(
-        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
-        """POST a JSON body; the whole answer."""
+        """POST a JSON body; the whole answer. `headers` add to (or replace) the pool's."""
         ...
 
     def stream(
-        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> AbstractAsyncContextManager[UpstreamStream]:
         """POST a JSON body; the answer, its body read as it arrives."""
         ...

@@ -97,11 +97,17 @@ class AiohttpUpstream:
         return f"{url}?{urlencode(params)}" if params else url
 
     async def post(
-        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
         session = self._session or self._open()
         try:
-            async with session.post(self._url(path, params), data=body) as response:
+            async with session.post(
+                self._url(path, params), data=body, headers=headers
+            ) as response:
                 content = await response.read()
                 return UpstreamResponse(response.status, _lower(response.headers), content)
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -109,11 +115,15 @@ class AiohttpUpstream:
 
     @asynccontextmanager
     async def stream(
-        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[_Stream]:
         session = self._session or self._open()
         try:
-            response = await session.post(self._url(path, params), data=body)
+            response = await session.post(self._url(path, params), data=body, headers=headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _mapped(exc) from None
         try:

@@ -263,18 +263,13 @@ class HttptoolsUpstream:
         if ":" in url.hostname and not default_port:  # an IPv6 literal
             host_header = f"[{url.hostname}]:{self._port}"
         # No Accept-Encoding at all would allow any coding (RFC 9110): ask for none.
-        lines = [
+        self._fixed_lines = [
             f"Host: {host_header}",
             "Content-Type: application/json",
             "Accept-Encoding: identity",
         ]
-        for name, value in headers.items():
-            if name.lower() in ("host", "content-length", "content-type", "accept-encoding"):
-                continue
-            if any(c in f"{name}{value}" for c in "\r\n"):
-                raise ValueError(f"header {name!r} holds a line break")
-            lines.append(f"{name}: {value}")
-        self._head_tail = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        self._headers = _checked_headers(headers)
+        self._head_tail = _head_lines(self._fixed_lines, self._headers)
         self._heads: dict[str, bytes] = {}
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
@@ -287,9 +282,13 @@ class HttptoolsUpstream:
 
     # -- the UpstreamClient interface ----------------------------------------
     async def post(
-        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
-        conn, exchange = await self._send(path, body, params)
+        conn, exchange = await self._send(path, body, params, headers)
         try:
             while not exchange.complete:
                 await self._wait(exchange)
@@ -303,9 +302,13 @@ class HttptoolsUpstream:
 
     @asynccontextmanager
     async def stream(
-        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[_Stream]:
-        conn, exchange = await self._send(path, body, params)
+        conn, exchange = await self._send(path, body, params, headers)
         exchange.streaming = True
         try:
             yield _Stream(self, conn, exchange)
@@ -329,24 +332,48 @@ class HttptoolsUpstream:
         return self._closed
 
     # -- requests ------------------------------------------------------------
-    def _request(self, path: str, body: bytes, params: Mapping[str, str] | None) -> bytes:
+    def _request(
+        self,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> bytes:
         target = self._prefix + path
         if params:
             target = f"{target}?{urlencode(params)}"
-        head = self._heads.get(target)
-        if head is None:
-            if any(c in target for c in " \r\n"):
-                raise UpstreamTransportError("invalid request path")
+        if any(c in target for c in " \r\n"):
+            raise UpstreamTransportError("invalid request path")
+        if headers:
+            # Per-request headers (a client's own, on pass-through) replace the
+            # pool's of the same name; such heads are not cached.
+            try:
+                extra = _checked_headers(headers)
+            except ValueError as exc:
+                raise UpstreamTransportError(str(exc)) from None
+            names = {n.lower() for n in extra}
+            merged = {n: v for n, v in self._headers.items() if n.lower() not in names}
+            tail = _head_lines(self._fixed_lines, {**merged, **extra})
+            head = f"POST {target} HTTP/1.1\r\n".encode("latin-1") + tail
+            return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+        cached = self._heads.get(target)
+        if cached is not None:
+            head = cached
+        else:
             head = f"POST {target} HTTP/1.1\r\n".encode("latin-1") + self._head_tail
             if len(self._heads) < 1024:
                 self._heads[target] = head
         return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
 
     async def _send(
-        self, path: str, body: bytes, params: Mapping[str, str] | None
+        self,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[_Connection, _Exchange]:
         """Send on a pooled connection and wait for the answer's head."""
-        request = self._request(path, body, params)
+        request = self._request(path, body, params, headers)
         while True:
             conn = await self._acquire()
             reused = conn.used
@@ -467,3 +494,23 @@ class HttptoolsUpstream:
                     cafile = None
             self._ssl = ssl.create_default_context(cafile=cafile)
         return self._ssl
+
+
+_FIXED = ("host", "content-length", "content-type", "accept-encoding")
+
+
+def _checked_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers the client may send as given: no line breaks, none of the fixed ones."""
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        if name.lower() in _FIXED:
+            continue
+        if any(c in f"{name}{value}" for c in "\r\n"):
+            raise ValueError(f"header {name!r} holds a line break")
+        kept[name] = value
+    return kept
+
+
+def _head_lines(fixed: list[str], headers: Mapping[str, str]) -> bytes:
+    lines = [*fixed, *(f"{name}: {value}" for name, value in headers.items())]
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")

@@ -71,18 +71,28 @@ class HttpxUpstream:
         )
 
     async def post(
-        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
         with _mapped_errors():
-            response = await self._client.post(path, content=body, params=params)
+            response = await self._client.post(path, content=body, params=params, headers=headers)
         return UpstreamResponse(response.status_code, response.headers, response.content)
 
     @asynccontextmanager
     async def stream(
-        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[_Stream]:
         with _mapped_errors():
-            async with self._client.stream("POST", path, content=body, params=params) as response:
+            async with self._client.stream(
+                "POST", path, content=body, params=params, headers=headers
+            ) as response:
                 yield _Stream(response)
 
     async def aclose(self) -> None:

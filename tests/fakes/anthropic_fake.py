@@ -1,18 +1,29 @@
 """A strict fake of Anthropic's Messages API: the documented wire format, and its rejections.
 
 Mount it with `httpx.ASGITransport(app=fake)` (or `httpx2.ASGITransport` for the
-official SDK). It validates requests as the real API does, answering 400
-`invalid_request_error` (401 `authentication_error` for a bad key) with
-Anthropic's error body, and answers valid ones deterministically:
+official SDK). It serves `POST /v1/messages` and `POST /v1/messages/count_tokens`
+(any query string, e.g. the SDK's `?beta=true`). It validates requests as the
+real API does, answering 400 `invalid_request_error` (401 `authentication_error`
+for a bad key) with Anthropic's error body, and answers valid ones
+deterministically:
 
-- with tools offered and `tool_choice` not `none`, it calls the forced tool, or
-  the first `tool_calls_per_turn` tools, unless the last user turn carries tool
-  results and the choice is `auto` (then it answers with those results);
+- with custom tools offered and `tool_choice` not `none`, it calls the forced
+  tool, or the first `tool_calls_per_turn` tools, unless the last user turn
+  carries tool results and the choice is `auto` (then it answers with those results);
 - otherwise it echoes the last user turn's text;
-- `stop_sequences` and `max_tokens` cut the echo (`stop_sequence`, `max_tokens`).
+- `stop_sequences` and `max_tokens` cut the echo (`stop_sequence`, `max_tokens`);
+- with `thinking` on (`enabled`, `adaptive`), the answer starts with a `thinking`
+  block whose `signature` is an HMAC of its text under the instance's
+  `signing_key` (and, with `redacted_thinking = True`, a `redacted_thinking`
+  block); thinking blocks sent back in assistant turns must verify, and each
+  one that does bumps `verified_signatures`.
+
+`count_tokens` answers `{"input_tokens": N}`, N being what a message answer for
+the same prompt reports as `usage.input_tokens`.
 
 Knobs on the instance make it fail: `fail_next(...)`, `cut_stream_after`,
-`stream_error_after`, `refuse`. Every received body is kept in `requests`.
+`stream_error_after`, `refuse`, `reject_betas`. Every received body is kept in
+`requests` (`count_requests` for count_tokens).
 
 It takes the key as `x-api-key` (API version 2023-06-01) or as
 `Authorization: Bearer` (what the official 2.x SDK sends), like the real API.
@@ -22,11 +33,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import itertools
 import json
 import re
+import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -45,15 +59,24 @@ _TOP_LEVEL = frozenset(
     {
         "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
         "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
-        "container", "mcp_servers", "output_config", "context_management", "cache_control",
-        "inference_geo", "speed", "diagnostics",
+        "container", "mcp_servers", "output_config", "output_format", "context_management",
+        "cache_control", "inference_geo", "speed", "diagnostics", "user_profile_id",
+        "workspace_id",
+    }
+)  # fmt: skip
+# count_tokens takes the prompt, not the sampling: `max_tokens`, `stream`... are extra inputs.
+_COUNT_TOP_LEVEL = frozenset(
+    {
+        "model", "messages", "system", "tools", "tool_choice", "thinking", "cache_control",
+        "output_config", "output_format", "context_management", "mcp_servers", "speed",
+        "user_profile_id", "workspace_id",
     }
 )  # fmt: skip
 _BLOCK_KEYS = {
     "text": {"type", "text", "cache_control", "citations"},
     "image": {"type", "source", "cache_control"},
-    "tool_use": {"type", "id", "name", "input", "cache_control"},
-    "tool_result": {"type", "tool_use_id", "content", "is_error", "cache_control"},
+    "tool_use": {"type", "id", "name", "input", "cache_control", "caller", "toolset_name"},
+    "tool_result": {"type", "tool_use_id", "content", "is_error", "cache_control", "toolset_name"},
     "document": {"type", "source", "title", "context", "citations", "cache_control"},
     "thinking": {"type", "thinking", "signature"},
     "redacted_thinking": {"type", "data"},
@@ -62,10 +85,59 @@ _ROLE_BLOCKS = {
     "user": {"text", "image", "tool_result", "document"},
     "assistant": {"text", "tool_use", "thinking", "redacted_thinking"},
 }
+_TOOL_RESULT_BLOCKS = ("text", "image", "document")
 _MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 _PIECE = re.compile(r"\S+\s*|\s+")
+_DOCS = "Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude"
+
+_CUSTOM_TOOL_KEYS = frozenset(
+    {
+        "type", "name", "description", "input_schema", "cache_control", "input_examples",
+        "defer_loading", "strict", "eager_input_streaming", "allowed_callers",
+    }
+)  # fmt: skip
+_SERVER_TOOL_KEYS = frozenset(
+    {"type", "name", "cache_control", "defer_loading", "strict", "allowed_callers"}
+)
+_WEB_SEARCH = frozenset({"max_uses", "allowed_domains", "blocked_domains", "user_location"})
+_WEB_FETCH = frozenset(
+    {"max_uses", "allowed_domains", "blocked_domains", "citations", "max_content_tokens",
+     "url_sources"}
+)  # fmt: skip
+# Server (Anthropic-defined) tools: type -> (the name it must have, its own extra keys).
+_SERVER_TOOLS: dict[str, tuple[str, frozenset[str]]] = {
+    "bash_20241022": ("bash", frozenset()),
+    "bash_20250124": ("bash", frozenset({"input_examples"})),
+    "code_execution_20250522": ("code_execution", frozenset()),
+    "code_execution_20250825": ("code_execution", frozenset()),
+    "computer_20250124": (
+        "computer", frozenset({"display_width_px", "display_height_px", "display_number"})
+    ),
+    "memory_20250818": ("memory", frozenset({"input_examples"})),
+    "text_editor_20250124": ("str_replace_editor", frozenset({"input_examples"})),
+    "text_editor_20250429": ("str_replace_based_edit_tool", frozenset({"input_examples"})),
+    "text_editor_20250728": (
+        "str_replace_based_edit_tool", frozenset({"input_examples", "max_characters"})
+    ),
+    "web_search_20250305": ("web_search", _WEB_SEARCH),
+    "web_search_20260209": ("web_search", _WEB_SEARCH),
+    "web_search_20260318": ("web_search", _WEB_SEARCH | {"response_inclusion"}),
+    "web_fetch_20250910": ("web_fetch", _WEB_FETCH),
+    "web_fetch_20260209": ("web_fetch", _WEB_FETCH),
+    "web_fetch_20260309": ("web_fetch", _WEB_FETCH | {"use_cache"}),
+    "web_fetch_20260318": ("web_fetch", _WEB_FETCH | {"use_cache", "response_inclusion"}),
+    "tool_search_tool_regex_20251119": ("tool_search_tool_regex", frozenset()),
+    "tool_search_tool_bm25_20251119": ("tool_search_tool_bm25", frozenset()),
+}  # fmt: skip
+_THINKING_ON = ("enabled", "adaptive", "between_tools")
+_FIRST_THINKING = (
+    "When `thinking` is enabled, a final `assistant` message must start with a thinking "
+    "block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We "
+    "recommend you include thinking blocks from previous turns. To avoid this requirement, "
+    f"disable `thinking`. {_DOCS}/extended-thinking"
+)
 
 
 class _Reject(Exception):
@@ -82,6 +154,44 @@ class Failure:
     etype: str
     message: str
     headers: dict[str, str] | None = None
+
+
+@dataclass
+class _Check:
+    """What validating one request needs from the fake (its key), and what it found."""
+
+    key: bytes
+    verified: int = 0
+    # cache_control ttls met, per part of the prompt (cached in the order tools, system, messages).
+    cache_ttls: dict[str, list[str]] = field(
+        default_factory=lambda: {"tools": [], "system": [], "messages": []}
+    )
+
+
+def _mac(key: bytes, domain: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, domain + b"\0" + payload, hashlib.sha256).digest()
+
+
+def _sign(key: bytes, thinking: str) -> str:
+    return base64.b64encode(_mac(key, b"thinking", thinking.encode())).decode()
+
+
+def _signature_ok(key: bytes, thinking: str, signature: str) -> bool:
+    return hmac.compare_digest(_sign(key, thinking), signature)
+
+
+def _redact(key: bytes, thinking: str) -> str:
+    payload = hashlib.sha256(b"redacted\0" + thinking.encode()).digest()[:24]
+    return base64.b64encode(payload + _mac(key, b"redacted", payload)).decode()
+
+
+def _redacted_ok(key: bytes, data: str) -> bool:
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    payload, mac = raw[:-32], raw[-32:]
+    return bool(payload) and hmac.compare_digest(_mac(key, b"redacted", payload), mac)
 
 
 def _magic(data: bytes) -> str | None:
@@ -102,11 +212,65 @@ def _extra(obj: Json, allowed: set[str] | frozenset[str], where: str) -> None:
             raise _Reject(f"{where}{key}: Extra inputs are not permitted")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_cache(obj: Json, where: str, check: _Check) -> None:
+    """`cache_control` on a block or tool: `{"type": "ephemeral", "ttl"?: "5m" | "1h"}`."""
+    cache = obj.get("cache_control")
+    if cache is None:
+        return
+    at = f"{where}.cache_control" if where else "cache_control"
+    if not isinstance(cache, dict):
+        raise _Reject(f"{at}: Input should be a valid dictionary")
+    if cache.get("type") != "ephemeral":
+        raise _Reject(
+            f"{at}: Input tag '{cache.get('type')}' found using 'type' does not match any of "
+            "the expected tags: 'ephemeral'"
+        )
+    _extra(cache, {"type", "ttl"}, f"{at}.ephemeral.")
+    ttl = cache.get("ttl", "5m")
+    if ttl not in ("5m", "1h"):
+        raise _Reject(f"{at}.ephemeral.ttl: Input should be '5m' or '1h'")
+    part = where.split(".", 1)[0]
+    if part in check.cache_ttls:
+        check.cache_ttls[part].append(ttl)
+
+
+def _check_cache_count(check: _Check) -> None:
+    ttls = check.cache_ttls["tools"] + check.cache_ttls["system"] + check.cache_ttls["messages"]
+    if len(ttls) > 4:
+        raise _Reject(
+            f"A maximum of 4 blocks with cache_control may be provided. Found {len(ttls)}."
+        )
+    if "5m" in ttls and "1h" in ttls[ttls.index("5m") :]:
+        raise _Reject(
+            "a ttl='1h' cache_control block must not come after a ttl='5m' cache_control "
+            "block. Note that blocks are processed in the following order: `tools`, "
+            "`system`, `messages`."
+        )
+
+
 def _check_text(block: Json, where: str) -> None:
     if not isinstance(block.get("text"), str):
         raise _Reject(f"{where}.text: Field required")
     if not block["text"].strip():
         raise _Reject("messages: text content blocks must contain non-whitespace text")
+
+
+def _check_url(source: Json, where: str) -> None:
+    _extra(source, {"type", "url"}, f"{where}.source.")
+    url = source.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise _Reject(f"{where}.source.url.url: Input should be a valid URL")
+
+
+def _b64(data: Any, at: str) -> bytes:
+    try:
+        return base64.b64decode(data if isinstance(data, str) else "", validate=True)
+    except (binascii.Error, ValueError):
+        raise _Reject(f"{at}: invalid base64 data") from None
 
 
 def _check_image(block: Json, where: str) -> None:
@@ -121,11 +285,7 @@ def _check_image(block: Json, where: str) -> None:
                 f"{where}.source.base64.media_type: Input should be "
                 "'image/jpeg', 'image/png', 'image/gif' or 'image/webp'"
             )
-        data = source.get("data")
-        try:
-            raw = base64.b64decode(data if isinstance(data, str) else "", validate=True)
-        except (binascii.Error, ValueError):
-            raise _Reject(f"{where}.source.base64.data: invalid base64 data") from None
+        raw = _b64(source.get("data"), f"{where}.source.base64.data")
         if not raw:
             raise _Reject(f"{where}.source.base64.data: image cannot be empty")
         if _magic(raw) != source["media_type"]:
@@ -134,10 +294,7 @@ def _check_image(block: Json, where: str) -> None:
                 f"{source['media_type']}"
             )
     elif kind == "url":
-        _extra(source, {"type", "url"}, f"{where}.source.")
-        url = source.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise _Reject(f"{where}.source.url.url: Input should be a valid URL")
+        _check_url(source, where)
     else:
         raise _Reject(
             f"{where}.source: Input tag '{kind}' found using 'type' does not match any of "
@@ -145,7 +302,97 @@ def _check_image(block: Json, where: str) -> None:
         )
 
 
-def _blocks_of(message: Json, i: int) -> list[Json]:
+def _check_document(block: Json, where: str) -> None:
+    """A `document` block: a PDF (base64 or URL), plain text, or inline content."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise _Reject(f"{where}.source: Field required")
+    kind = source.get("type")
+    if kind == "base64":
+        _extra(source, {"type", "media_type", "data"}, f"{where}.source.")
+        if source.get("media_type") != "application/pdf":
+            raise _Reject(f"{where}.source.base64.media_type: Input should be 'application/pdf'")
+        raw = _b64(source.get("data"), f"{where}.source.base64.data")
+        if not raw.startswith(b"%PDF"):
+            raise _Reject(f"{where}.source.base64.data: The PDF specified was not valid.")
+    elif kind == "text":
+        _extra(source, {"type", "media_type", "data"}, f"{where}.source.")
+        if source.get("media_type") != "text/plain":
+            raise _Reject(f"{where}.source.text.media_type: Input should be 'text/plain'")
+        if not isinstance(source.get("data"), str):
+            raise _Reject(f"{where}.source.text.data: Input should be a valid string")
+    elif kind == "url":
+        _check_url(source, where)
+    elif kind == "content":
+        _extra(source, {"type", "content"}, f"{where}.source.")
+        inner = source.get("content")
+        if isinstance(inner, list):
+            for k, part in enumerate(inner):
+                at = f"{where}.source.content.{k}"
+                if not isinstance(part, dict) or part.get("type") not in ("text", "image"):
+                    raise _Reject(f"{at}: Input tag does not match any of the expected tags")
+                _extra(part, _BLOCK_KEYS[part["type"]], f"{at}.")
+                (_check_text if part["type"] == "text" else _check_image)(part, at)
+        elif not isinstance(inner, str):
+            raise _Reject(f"{where}.source.content.content: Input should be a valid string or list")
+    else:
+        raise _Reject(
+            f"{where}.source: Input tag '{kind}' found using 'type' does not match any of "
+            "the expected tags: 'base64', 'content', 'text', 'url'"
+        )
+    for name in ("title", "context"):
+        if block.get(name) is not None and not isinstance(block[name], str):
+            raise _Reject(f"{where}.{name}: Input should be a valid string")
+    citations = block.get("citations")
+    if citations is not None:
+        if not isinstance(citations, dict):
+            raise _Reject(f"{where}.citations: Input should be a valid dictionary")
+        _extra(citations, {"enabled"}, f"{where}.citations.")
+        if "enabled" in citations and not isinstance(citations["enabled"], bool):
+            raise _Reject(f"{where}.citations.enabled: Input should be a valid boolean")
+
+
+def _check_thinking_block(block: Json, where: str, check: _Check) -> None:
+    """A thinking block sent back must be one the fake signed, unchanged."""
+    if block["type"] == "thinking":
+        if not isinstance(block.get("thinking"), str):
+            raise _Reject(f"{where}.thinking: Field required")
+        if not isinstance(block.get("signature"), str):
+            raise _Reject(f"{where}.signature: Field required")
+        if not _signature_ok(check.key, block["thinking"], block["signature"]):
+            raise _Reject(f"{where}: Invalid `signature` in `thinking` block")
+    else:
+        if not isinstance(block.get("data"), str):
+            raise _Reject(f"{where}.data: Field required")
+        if not _redacted_ok(check.key, block["data"]):
+            raise _Reject(f"{where}: Invalid `data` in `redacted_thinking` block")
+    check.verified += 1
+
+
+def _check_tool_result(block: Json, where: str, check: _Check) -> None:
+    if not isinstance(block.get("tool_use_id"), str):
+        raise _Reject(f"{where}.tool_use_id: Field required")
+    if "is_error" in block and not isinstance(block["is_error"], bool):
+        raise _Reject(f"{where}.is_error: Input should be a valid boolean")
+    inner = block.get("content")
+    if isinstance(inner, list):
+        for k, part in enumerate(inner):
+            at = f"{where}.content.{k}"
+            if not isinstance(part, dict) or part.get("type") not in _TOOL_RESULT_BLOCKS:
+                raise _Reject(f"{at}: Input tag does not match any of the expected tags")
+            _extra(part, _BLOCK_KEYS[part["type"]], f"{at}.")
+            _check_cache(part, at, check)
+            if part["type"] == "text":
+                _check_text(part, at)
+            elif part["type"] == "image":
+                _check_image(part, at)
+            else:
+                _check_document(part, at)
+    elif inner is not None and not isinstance(inner, str):
+        raise _Reject(f"{where}.content: Input should be a valid string or list")
+
+
+def _blocks_of(message: Json, i: int, check: _Check) -> list[Json]:
     """The message's content as blocks, validated one by one."""
     role, content = message["role"], message.get("content")
     if isinstance(content, str):
@@ -164,10 +411,15 @@ def _blocks_of(message: Json, i: int) -> list[Json]:
         if kind not in _ROLE_BLOCKS[role]:
             raise _Reject(f"{where}: blocks of type '{kind}' are not allowed in {role} messages")
         _extra(block, _BLOCK_KEYS[kind], f"{where}.")
+        _check_cache(block, where, check)
         if kind == "text":
             _check_text(block, where)
         elif kind == "image":
             _check_image(block, where)
+        elif kind == "document":
+            _check_document(block, where)
+        elif kind in ("thinking", "redacted_thinking"):
+            _check_thinking_block(block, where, check)
         elif kind == "tool_use":
             if not isinstance(block.get("id"), str) or not _TOOL_ID.match(block["id"]):
                 raise _Reject(f"{where}.id: String should match pattern '^[a-zA-Z0-9_-]+$'")
@@ -176,36 +428,23 @@ def _blocks_of(message: Json, i: int) -> list[Json]:
             if not isinstance(block.get("input"), dict):
                 raise _Reject(f"{where}.input: Input should be a valid dictionary")
         elif kind == "tool_result":
-            if not isinstance(block.get("tool_use_id"), str):
-                raise _Reject(f"{where}.tool_use_id: Field required")
-            inner = block.get("content")
-            if isinstance(inner, list):
-                for k, part in enumerate(inner):
-                    at = f"{where}.content.{k}"
-                    if not isinstance(part, dict) or part.get("type") not in ("text", "image"):
-                        raise _Reject(f"{at}: Input tag does not match any of the expected tags")
-                    _extra(part, _BLOCK_KEYS[part["type"]], f"{at}.")
-                    if part["type"] == "text":
-                        _check_text(part, at)
-                    else:
-                        _check_image(part, at)
-            elif inner is not None and not isinstance(inner, str):
-                raise _Reject(f"{where}.content: Input should be a valid string or list")
+            _check_tool_result(block, where, check)
     return content
 
 
-def _validate(body: Any) -> None:
-    """Raise `_Reject` for what the real Messages API rejects."""
+def _validate(body: Any, check: _Check, *, count: bool = False) -> None:
+    """Raise `_Reject` for what the real Messages API (or count_tokens, with `count`) rejects."""
     if not isinstance(body, dict):
         raise _Reject("There was an error parsing the body of your request.")
-    _extra(body, _TOP_LEVEL, "")
+    _extra(body, _COUNT_TOP_LEVEL if count else _TOP_LEVEL, "")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise _Reject("model: Field required")
-    max_tokens = body.get("max_tokens")
-    if max_tokens is None:
-        raise _Reject("max_tokens: Field required")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise _Reject("max_tokens: Input should be greater than or equal to 1")
+    if not count:
+        max_tokens = body.get("max_tokens")
+        if max_tokens is None:
+            raise _Reject("max_tokens: Field required")
+        if not _is_int(max_tokens) or max_tokens < 1:
+            raise _Reject("max_tokens: Input should be greater than or equal to 1")
     for name in ("temperature", "top_p"):
         value = body.get(name)
         if value is not None and (not isinstance(value, int | float) or not 0 <= value <= 1):
@@ -214,13 +453,17 @@ def _validate(body: Any) -> None:
         raise _Reject("top_k: Input should be greater than or equal to 0")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _Reject("stream: Input should be a valid boolean")
-    _validate_system(body.get("system"))
-    _validate_extras(body)
-    tool_names = _validate_tools(body)
-    _validate_messages(body.get("messages"), has_tools=bool(tool_names))
+    _validate_system(body.get("system"), check)
+    _validate_extras(body, check)
+    tool_names = _validate_tools(body, check)
+    thinking = _validate_thinking(body, count=count)
+    blocks = _validate_messages(body.get("messages"), check, has_tools=bool(tool_names))
+    _check_cache_count(check)
+    if thinking:
+        _require_leading_thinking(blocks)
 
 
-def _validate_system(system: Any) -> None:
+def _validate_system(system: Any, check: _Check) -> None:
     if system is None or isinstance(system, str):
         return
     if not isinstance(system, list):
@@ -231,9 +474,10 @@ def _validate_system(system: Any) -> None:
         _extra(block, _BLOCK_KEYS["text"], f"system.{j}.")
         if not isinstance(block.get("text"), str) or not block["text"]:
             raise _Reject(f"system.{j}.text: text content blocks must be non-empty")
+        _check_cache(block, f"system.{j}", check)
 
 
-def _validate_extras(body: Json) -> None:
+def _validate_extras(body: Json, check: _Check) -> None:
     metadata = body.get("metadata")
     if metadata is not None:
         if not isinstance(metadata, dict):
@@ -248,9 +492,54 @@ def _validate_extras(body: Json) -> None:
             raise _Reject("stop_sequences: Input should be a valid list of strings")
         if any(not s.strip() for s in stops):
             raise _Reject("stop_sequences: each stop sequence must contain non-whitespace")
+    if "service_tier" in body and body["service_tier"] not in ("auto", "standard_only"):
+        raise _Reject("service_tier: Input should be 'auto' or 'standard_only'")
+    if body.get("speed") is not None and body["speed"] not in ("standard", "fast"):
+        raise _Reject("speed: Input should be 'standard' or 'fast'")
+    _check_cache(body, "", check)
 
 
-def _validate_tools(body: Json) -> set[str]:
+def _validate_tool(tool: Json, where: str, check: _Check) -> None:
+    kind = tool.get("type")
+    if kind in _SERVER_TOOLS:
+        name, own = _SERVER_TOOLS[kind]
+        _extra(tool, _SERVER_TOOL_KEYS | own, f"{where}.{kind}.")
+        if tool.get("name") != name:
+            raise _Reject(f"{where}.{kind}.name: Input should be '{name}'")
+        max_uses = tool.get("max_uses")
+        if max_uses is not None and (not _is_int(max_uses) or max_uses < 1):
+            raise _Reject(f"{where}.{kind}.max_uses: Input should be greater than 0")
+    elif kind in (None, "custom"):
+        _extra(tool, _CUSTOM_TOOL_KEYS, f"{where}.")
+        name = tool.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise _Reject(f"{where}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'")
+        schema = tool.get("input_schema")
+        if not isinstance(schema, dict):
+            raise _Reject(f"{where}.input_schema: Field required")
+        if schema.get("type") != "object":
+            raise _Reject(f"{where}.input_schema.type: Input should be 'object'")
+        if "description" in tool and not isinstance(tool["description"], str):
+            raise _Reject(f"{where}.description: Input should be a valid string")
+        for flag in ("strict", "defer_loading", "eager_input_streaming"):
+            value = tool.get(flag)
+            if value is not None and not isinstance(value, bool):
+                raise _Reject(f"{where}.{flag}: Input should be a valid boolean")
+        examples = tool.get("input_examples")
+        if examples is not None and (
+            not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples)
+        ):
+            raise _Reject(f"{where}.input_examples: Input should be a valid list of dictionaries")
+    else:
+        expected = ", ".join(f"'{t}'" for t in ("custom", *_SERVER_TOOLS))
+        raise _Reject(
+            f"{where}: Input tag '{kind}' found using 'type' does not match any of the "
+            f"expected tags: {expected}"
+        )
+    _check_cache(tool, where, check)
+
+
+def _validate_tools(body: Json, check: _Check) -> set[str]:
     tools = body.get("tools")
     names: set[str] = set()
     if tools is not None:
@@ -260,24 +549,10 @@ def _validate_tools(body: Json) -> set[str]:
             where = f"tools.{j}"
             if not isinstance(tool, dict):
                 raise _Reject(f"{where}: Input should be a valid dictionary")
-            _extra(
-                tool, {"name", "description", "input_schema", "cache_control", "type"}, f"{where}."
-            )
-            name = tool.get("name")
-            if not isinstance(name, str) or not _NAME.match(name):
-                raise _Reject(
-                    f"{where}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
-                )
-            if name in names:
-                raise _Reject(f"tools: Tool names must be unique. Duplicate: {name}")
-            names.add(name)
-            schema = tool.get("input_schema")
-            if not isinstance(schema, dict):
-                raise _Reject(f"{where}.input_schema: Field required")
-            if schema.get("type") != "object":
-                raise _Reject(f"{where}.input_schema.type: Input should be 'object'")
-            if "description" in tool and not isinstance(tool["description"], str):
-                raise _Reject(f"{where}.description: Input should be a valid string")
+            _validate_tool(tool, where, check)
+            if tool["name"] in names:
+                raise _Reject(f"tools: Tool names must be unique. Duplicate: {tool['name']}")
+            names.add(tool["name"])
     choice = body.get("tool_choice")
     if choice is not None:
         if not names:
@@ -298,7 +573,79 @@ def _validate_tools(body: Json) -> set[str]:
     return names
 
 
-def _validate_messages(messages: Any, *, has_tools: bool) -> None:
+def _validate_thinking(body: Json, *, count: bool) -> bool:
+    """Check `thinking` and what it rules out; tell whether thinking is on."""
+    thinking = body.get("thinking")
+    if thinking is None:
+        return False
+    if not isinstance(thinking, dict):
+        raise _Reject("thinking: Input should be a valid dictionary")
+    kind = thinking.get("type")
+    if kind == "disabled":
+        _extra(thinking, {"type"}, "thinking.disabled.")
+        return False
+    if kind == "enabled":
+        _extra(thinking, {"type", "budget_tokens", "display"}, "thinking.enabled.")
+        budget = thinking.get("budget_tokens")
+        if budget is None:
+            raise _Reject("thinking.enabled.budget_tokens: Field required")
+        if not _is_int(budget):
+            raise _Reject("thinking.enabled.budget_tokens: Input should be a valid integer")
+        if budget < 1024:
+            raise _Reject(
+                "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+            )
+        if not count and body["max_tokens"] <= budget:
+            raise _Reject(
+                "`max_tokens` must be greater than `thinking.budget_tokens`. "
+                f"{_DOCS}/extended-thinking#max-tokens-and-context-window-size"
+            )
+    elif kind == "adaptive":
+        _extra(thinking, {"type", "display"}, "thinking.adaptive.")
+    elif kind == "between_tools":
+        _extra(thinking, {"type"}, "thinking.between_tools.")
+    else:
+        raise _Reject(
+            f"thinking: Input tag '{kind}' found using 'type' does not match any of the "
+            "expected tags: 'adaptive', 'between_tools', 'disabled', 'enabled'"
+        )
+    if thinking.get("display") not in (None, "summarized", "omitted"):
+        raise _Reject(f"thinking.{kind}.display: Input should be 'summarized' or 'omitted'")
+    compat = f"{_DOCS}/extended-thinking#feature-compatibility"
+    if body.get("temperature") not in (None, 1):
+        raise _Reject(f"`temperature` may only be set to 1 when thinking is enabled. {compat}")
+    if body.get("top_p") is not None and body["top_p"] < 0.95:
+        raise _Reject(
+            "`top_p` must be greater than or equal to 0.95 or unset when thinking is "
+            f"enabled. {compat}"
+        )
+    if body.get("top_k") is not None:
+        raise _Reject(f"`top_k` must be unset when thinking is enabled. {compat}")
+    choice = body.get("tool_choice") or {}
+    if choice.get("type") in ("any", "tool"):
+        raise _Reject("Thinking may not be enabled when tool_choice forces tool use.")
+    return True
+
+
+def _require_leading_thinking(blocks_per_message: list[list[Json]]) -> None:
+    """With thinking on, the assistant turn answered by tool results must open with thinking."""
+    if len(blocks_per_message) < 3 or len(blocks_per_message) % 2 == 0:
+        return  # roles alternate from `user`: an even count ends on an assistant turn
+    i = len(blocks_per_message) - 2
+    assistant, results = blocks_per_message[i], blocks_per_message[-1]
+    if not any(b["type"] == "tool_result" for b in results):
+        return
+    if not any(b["type"] == "tool_use" for b in assistant):
+        return
+    first = assistant[0]["type"]
+    if first not in ("thinking", "redacted_thinking"):
+        raise _Reject(
+            f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but "
+            f"found `{first}`. {_FIRST_THINKING}"
+        )
+
+
+def _validate_messages(messages: Any, check: _Check, *, has_tools: bool) -> list[list[Json]]:
     if not isinstance(messages, list):
         raise _Reject("messages: Field required")
     if not messages:
@@ -317,7 +664,7 @@ def _validate_messages(messages: Any, *, has_tools: bool) -> None:
                 'messages: roles must alternate between "user" and "assistant", but found '
                 f'multiple "{message["role"]}" roles in a row'
             )
-        blocks = _blocks_of(message, i)
+        blocks = _blocks_of(message, i, check)
         final_assistant = i == len(messages) - 1 and message["role"] == "assistant"
         if not blocks and not final_assistant:
             raise _Reject(
@@ -329,6 +676,7 @@ def _validate_messages(messages: Any, *, has_tools: bool) -> None:
             raise _Reject("messages: final assistant content cannot end with trailing whitespace")
         blocks_per_message.append(blocks)
     _validate_tool_pairing(messages, blocks_per_message, has_tools=has_tools)
+    return blocks_per_message
 
 
 def _validate_tool_pairing(
@@ -383,6 +731,10 @@ def _example_input(schema: Json) -> Json:
     return result
 
 
+def _is_custom(tool: Json) -> bool:
+    return tool.get("type") in (None, "custom")
+
+
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -395,6 +747,16 @@ def _text_of(content: Any) -> str:
     return " ".join(p for p in parts if p)
 
 
+def _input_tokens(body: Json) -> int:
+    """The prompt's token count, the same for a message answer and for count_tokens."""
+    return len(json.dumps([body.get("system"), body["messages"], body.get("tools") or []])) // 4 + 1
+
+
+def _betas(request: Request) -> list[str]:
+    values = request.headers.getlist("anthropic-beta")
+    return [b.strip() for value in values for b in value.split(",") if b.strip()]
+
+
 class FakeAnthropic:
     """The fake as an ASGI app with knobs; see the module docstring."""
 
@@ -404,12 +766,16 @@ class FakeAnthropic:
         api_key: str = FAKE_API_KEY,
         cache_creation_input_tokens: int = 0,
         cache_read_input_tokens: int = 0,
+        signing_key: bytes | None = None,
     ) -> None:
         self.api_key = api_key
         self.cache_creation_input_tokens = cache_creation_input_tokens
         self.cache_read_input_tokens = cache_read_input_tokens
         self.requests: list[Any] = []
         self.request_headers: list[dict[str, str]] = []
+        # count_tokens calls, kept apart from the Messages calls above.
+        self.count_requests: list[Any] = []
+        self.count_request_headers: list[dict[str, str]] = []
         self.failures: list[Failure] = []
         # Streams: stop after this many events (no message_stop), or send an error event.
         self.cut_stream_after: int | None = None
@@ -420,9 +786,20 @@ class FakeAnthropic:
         self.refuse = False
         # Newer API versions repeat the input counts in message_delta's usage.
         self.delta_usage_repeats_input = False
+        # Thinking: signatures are HMACs under this key, which only the fake holds.
+        self.signing_key = signing_key if signing_key is not None else secrets.token_bytes(32)
+        self.redacted_thinking = False  # add a redacted_thinking block to thinking answers
+        self.verified_signatures = 0  # thinking/redacted_thinking blocks verified on replay
+        # `anthropic-beta` values answered with 400, as the API does for unknown ones.
+        self.reject_betas: set[str] = set()
         self.answers: list[Json] = []
         self._ids = itertools.count(1)
-        self.app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
+            ]
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -435,8 +812,16 @@ class FakeAnthropic:
     def fail_next(
         self, status: int, etype: str, message: str, headers: dict[str, str] | None = None
     ) -> None:
-        """Answer the next request with this error instead."""
+        """Answer the next request (to either route) with this error instead."""
         self.failures.append(Failure(status, etype, message, headers))
+
+    def sign(self, thinking: str) -> str:
+        """The signature the fake gives (and expects back on) this thinking text."""
+        return _sign(self.signing_key, thinking)
+
+    def redacted_data(self, seed: str) -> str:
+        """An opaque `redacted_thinking` payload that this fake accepts back."""
+        return _redact(self.signing_key, seed)
 
     def _next_id(self, prefix: str) -> str:
         return f"{prefix}_01fake{next(self._ids):08d}"
@@ -451,14 +836,17 @@ class FakeAnthropic:
         }
         return JSONResponse(body, status_code=status, headers=headers)
 
-    async def _messages(self, request: Request) -> Response:
+    async def _admit(
+        self, request: Request, bodies: list[Any], headers: list[dict[str, str]], *, count: bool
+    ) -> Json | Response:
+        """Record the request, then the body if valid, or the error answer."""
         raw = await request.body()
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
-        self.requests.append(body)
-        self.request_headers.append(dict(request.headers))
+        bodies.append(body)
+        headers.append(dict(request.headers))
         # The 2.x SDK authenticates with a bearer token, which the API also takes.
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
         if self.api_key not in (request.headers.get("x-api-key"), bearer):
@@ -467,13 +855,30 @@ class FakeAnthropic:
             return self._error(
                 400, "invalid_request_error", "anthropic-version: header is required"
             )
+        unknown = [b for b in _betas(request) if b in self.reject_betas]
+        if unknown:
+            return self._error(
+                400,
+                "invalid_request_error",
+                f"Unexpected value(s) `{', '.join(unknown)}` for the `anthropic-beta` header. "
+                "Please consult our documentation at docs.claude.com or try again without "
+                "the header.",
+            )
         if self.failures:
             failure = self.failures.pop(0)
             return self._error(failure.status, failure.etype, failure.message, failure.headers)
+        check = _Check(self.signing_key)
         try:
-            _validate(body)
+            _validate(body, check, count=count)
         except _Reject as exc:
             return self._error(exc.status, exc.etype, exc.message)
+        self.verified_signatures += check.verified
+        return body  # type: ignore[no-any-return]
+
+    async def _messages(self, request: Request) -> Response:
+        body = await self._admit(request, self.requests, self.request_headers, count=False)
+        if isinstance(body, Response):
+            return body
         message = self._answer(body)
         self.answers.append(message)
         if body.get("stream"):
@@ -482,37 +887,58 @@ class FakeAnthropic:
             )
         return JSONResponse(message, headers={"request-id": self._next_id("req")})
 
+    async def _count_tokens(self, request: Request) -> Response:
+        body = await self._admit(
+            request, self.count_requests, self.count_request_headers, count=True
+        )
+        if isinstance(body, Response):
+            return body
+        return JSONResponse(
+            {"input_tokens": _input_tokens(body)}, headers={"request-id": self._next_id("req")}
+        )
+
     # -- answers -------------------------------------------------------------
     def _answer(self, body: Json) -> Json:
         messages = body["messages"]
         last = messages[-1]
         last_blocks = [] if isinstance(last["content"], str) else last["content"]
         has_results = any(b["type"] == "tool_result" for b in last_blocks)
-        tools = body.get("tools") or []
+        tools = [t for t in body.get("tools") or [] if _is_custom(t)]
         choice = body.get("tool_choice") or {"type": "auto"}
+        thinking = self._thinking(body) if last["role"] == "user" else []
+        used = sum(len(_PIECE.findall(b.get("thinking", ""))) for b in thinking)
         content: list[Json] = []
         stop_sequence = None
-        if self.refuse:
-            content, stop_reason = [{"type": "text", "text": "I can't help with that."}], "refusal"
-        elif (
-            last["role"] == "user"
+        calls = (
+            self._tool_calls(tools, choice)
+            if not self.refuse
+            and last["role"] == "user"
             and tools
             and choice["type"] != "none"
             and (choice["type"] != "auto" or not has_results)
-        ):
-            content, stop_reason = self._tool_calls(tools, choice), "tool_use"
+            else []
+        )
+        if self.refuse:
+            content, stop_reason = [{"type": "text", "text": "I can't help with that."}], "refusal"
+        elif calls:
+            content, stop_reason = calls, "tool_use"
         else:
             if last["role"] == "assistant":
                 text = "and that is all."
             elif has_results:
                 text = "Tool said: " + _text_of(last["content"])
             else:
-                text = _text_of(last["content"]) or "I see the image."
-            text, stop_reason, stop_sequence = self._cut(text, body)
+                text = _text_of(last["content"]) or (
+                    "I see the document."
+                    if any(b["type"] == "document" for b in last_blocks)
+                    else "I see the image."
+                )
+            text, stop_reason, stop_sequence = self._cut(text, body, used)
             if text:
                 content = [{"type": "text", "text": text}]
-        prompt = json.dumps([body.get("system"), messages, tools])
-        output = sum(len(_PIECE.findall(b.get("text", ""))) + 10 * (b["type"] == "tool_use")
+        content = thinking + content
+        output = sum(len(_PIECE.findall(b.get("text", b.get("thinking", ""))))
+                     + 10 * (b["type"] in ("tool_use", "redacted_thinking"))
                      for b in content)  # fmt: skip
         return {
             "id": self._next_id("msg"),
@@ -523,12 +949,29 @@ class FakeAnthropic:
             "stop_reason": stop_reason,
             "stop_sequence": stop_sequence,
             "usage": {
-                "input_tokens": len(prompt) // 4 + 1,
+                "input_tokens": _input_tokens(body),
                 "cache_creation_input_tokens": self.cache_creation_input_tokens,
                 "cache_read_input_tokens": self.cache_read_input_tokens,
                 "output_tokens": max(output, 1),
             },
         }
+
+    def _thinking(self, body: Json) -> list[Json]:
+        """The thinking blocks that open the answer when thinking is on."""
+        config = body.get("thinking") or {}
+        if config.get("type") not in _THINKING_ON:
+            return []
+        seed = _text_of(body["messages"][-1]["content"]) or "something without text"
+        text = (
+            ""
+            if config.get("display") == "omitted"
+            else f"The user wrote: {seed.strip()}. Let me think about how to answer that. "
+            "The best answer is a short, direct one."
+        )
+        blocks: list[Json] = [{"type": "thinking", "thinking": text, "signature": self.sign(text)}]
+        if self.redacted_thinking:
+            blocks.append({"type": "redacted_thinking", "data": self.redacted_data(text)})
+        return blocks
 
     def _tool_calls(self, tools: list[Json], choice: Json) -> list[Json]:
         if choice["type"] == "tool":
@@ -536,6 +979,8 @@ class FakeAnthropic:
         else:
             many = 1 if choice.get("disable_parallel_tool_use") else self.tool_calls_per_turn
             chosen = tools[:many]
+        if not chosen:  # a forced server tool: the fake does not run those
+            return []
         blocks: list[Json] = [
             {"type": "text", "text": "Let me use " + ", ".join(t["name"] for t in chosen) + "."}
         ]
@@ -556,15 +1001,17 @@ class FakeAnthropic:
         return blocks
 
     @staticmethod
-    def _cut(text: str, body: Json) -> tuple[str, str, str | None]:
+    def _cut(text: str, body: Json, used: int = 0) -> tuple[str, str, str | None]:
+        """Cut at the first stop sequence, then to what `max_tokens` leaves after `used`."""
         reason, matched = "end_turn", None
         hits = [(text.find(s), s) for s in body.get("stop_sequences") or [] if s in text]
         if hits:
             at, matched = min(hits)
             text, reason = text[:at], "stop_sequence"
         pieces = _PIECE.findall(text)
-        if len(pieces) > body["max_tokens"]:
-            text, reason, matched = "".join(pieces[: body["max_tokens"]]), "max_tokens", None
+        room = max(body["max_tokens"] - used, 0)
+        if len(pieces) > room:
+            text, reason, matched = "".join(pieces[:room]), "max_tokens", None
         return text, reason, matched
 
     # -- streaming -----------------------------------------------------------
@@ -573,31 +1020,35 @@ class FakeAnthropic:
         start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
         start["usage"] = {**usage, "output_tokens": 1}
         events: list[Json] = [{"type": "message_start", "message": start}]
+
+        def delta(index: int, **fields: Any) -> None:
+            events.append({"type": "content_block_delta", "index": index, "delta": fields})
+
         for index, block in enumerate(message["content"]):
-            if block["type"] == "text":
-                events.append(
-                    {"type": "content_block_start", "index": index,
-                     "content_block": {"type": "text", "text": ""}}
-                )  # fmt: skip
-                if index == 0:
-                    events.append({"type": "ping"})
+            kind = block["type"]
+            opening = {
+                "text": {"type": "text", "text": ""},
+                "thinking": {"type": "thinking", "thinking": "", "signature": ""},
+                "tool_use": {**block, "input": {}},
+            }.get(kind, block)
+            events.append({"type": "content_block_start", "index": index,
+                           "content_block": opening})  # fmt: skip
+            if index == 0:
+                events.append({"type": "ping"})
+            if kind == "text":
                 for piece in _PIECE.findall(block["text"]):
-                    events.append(
-                        {"type": "content_block_delta", "index": index,
-                         "delta": {"type": "text_delta", "text": piece}}
-                    )  # fmt: skip
-            else:
-                events.append(
-                    {"type": "content_block_start", "index": index,
-                     "content_block": {**block, "input": {}}}
-                )  # fmt: skip
+                    delta(index, type="text_delta", text=piece)
+            elif kind == "thinking":
+                pieces = _PIECE.findall(block["thinking"])
+                for at in range(0, len(pieces), 4):
+                    delta(index, type="thinking_delta", thinking="".join(pieces[at : at + 4]))
+                delta(index, type="signature_delta", signature=block["signature"])
+            elif kind == "tool_use":
                 raw = json.dumps(block["input"]) if block["input"] else ""
                 # The real API opens with an empty fragment, then sends pieces.
                 for at in range(0, max(len(raw), 1), 7):
-                    events.append(
-                        {"type": "content_block_delta", "index": index,
-                         "delta": {"type": "input_json_delta", "partial_json": raw[at : at + 7]}}
-                    )  # fmt: skip
+                    delta(index, type="input_json_delta", partial_json=raw[at : at + 7])
+            # redacted_thinking comes whole in content_block_start.
             events.append({"type": "content_block_stop", "index": index})
         events.append(
             {"type": "message_delta",

@@ -446,7 +446,9 @@ class GeminiFake:
                 ],
                 key,
             )
-        if action not in ("generateContent", "streamGenerateContent", "batchEmbedContents"):
+        if action not in (
+            "generateContent", "streamGenerateContent", "batchEmbedContents", "countTokens"
+        ):  # fmt: skip
             return self._error(404, "NOT_FOUND", f"Method not found: {action}")
         serves = self.embedding_models if action == "batchEmbedContents" else self.models
         if model not in serves:
@@ -468,6 +470,21 @@ class GeminiFake:
             except BadRequest as exc:
                 return self._error(400, "INVALID_ARGUMENT", str(exc), key=key)
             return JSONResponse(self.embed(requests, model))
+        if action == "countTokens":
+            # Either bare `contents` or a whole `generateContentRequest`, as the API takes.
+            inner = body.get("generateContentRequest") if isinstance(body, dict) else None
+            if isinstance(inner, dict):
+                if inner.get("model") != f"models/{model}":
+                    return self._error(
+                        400, "INVALID_ARGUMENT", "generateContentRequest.model: must name the "
+                        "model of the URL", key=key,
+                    )  # fmt: skip
+                inner = {k: v for k, v in inner.items() if k != "model"}
+            try:
+                checked = self.validate(inner if isinstance(inner, dict) else body, model)
+            except BadRequest as exc:
+                return self._error(400, "INVALID_ARGUMENT", str(exc), key=key)
+            return JSONResponse({"totalTokens": max(1, _count_prompt(checked))})
         try:
             checked = self.validate(body, model)
         except BadRequest as exc:

@@ -1,0 +1,1 @@
+"""The dialect-neutral trip of every request: parsing helpers, estimates, the pipeline."""
