@@ -100,8 +100,8 @@ class Gateway:
 
     def sdk(self, **options: Any) -> anthropic.AsyncAnthropic:
         """The official SDK, `base_url` the gateway's root (its `/v1` is the SDK's own)."""
+        options.setdefault("api_key", self.key)
         return anthropic.AsyncAnthropic(
-            api_key=self.key,
             base_url="http://axione.test",
             max_retries=0,
             http_client=httpx2.AsyncClient(transport=httpx2.ASGITransport(app=self.app)),
@@ -129,6 +129,9 @@ async def gateway(
     backend: Backend, *, extra: dict[str, Provider] | None = None, **overrides: Any
 ) -> AsyncIterator[Gateway]:
     """The app, mounted at its root as `/v1/...` so the SDK's paths land on it."""
+    if backend.kind == "anthropic":
+        # As a team fronting Claude Code would: bare Claude names go to Anthropic.
+        overrides.setdefault("aliases", {"claude-*": "anthropic/claude-*"})
     store = MemoryKeyStore()
     _, key = await store.create("messages")
     inner: AxioneApp = create_app(

@@ -494,6 +494,33 @@ def _error_detail(body: bytes | str) -> tuple[str, str]:
     return (etype if isinstance(etype, str) else ""), (message if isinstance(message, str) else "")
 
 
+def _unsigned(block: Any) -> bool:
+    return (
+        isinstance(block, dict) and block.get("type") == "thinking" and not block.get("signature")
+    )
+
+
+def _signed_thinking_only(messages: list[Any]) -> list[Any]:
+    """The history without thinking blocks that carry no signature; the same list if none.
+
+    Only another vendor's reasoning, translated for a Messages client, comes
+    back unsigned; Anthropic would refuse the whole request for it.
+    """
+    if not any(
+        isinstance(m, dict)
+        and isinstance(m.get("content"), list)
+        and any(map(_unsigned, m["content"]))
+        for m in messages
+    ):
+        return messages
+    return [
+        {**m, "content": [b for b in m["content"] if not _unsigned(b)]}
+        if isinstance(m, dict) and isinstance(m.get("content"), list)
+        else m
+        for m in messages
+    ]
+
+
 class _StreamTranslator:
     """Turns Messages API stream events into OpenAI chunks, one event at a time."""
 
@@ -681,6 +708,11 @@ class AnthropicProvider(HTTPProvider):
         if dialect != MESSAGES_DIALECT or operation not in _NATIVE_PATHS:
             raise InvalidRequest(f"Provider '{self.name}' does not serve {dialect} {operation}")
         forwarded = {**body, "model": self.upstream_model(model)}
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            kept = _signed_thinking_only(messages)
+            if kept is not messages:
+                forwarded["messages"] = kept
         sent = {"anthropic-version": headers.get("anthropic-version") or ANTHROPIC_VERSION}
         betas = headers.get("anthropic-beta")
         allowed = self.config.allowed_betas

@@ -387,6 +387,10 @@ def _calling_config(choice: str | ToolChoiceNamed) -> JSON:
     return {"mode": _TOOL_MODES[choice]}
 
 
+# Thinking budgets for a reasoning effort asked without one (Anthropic's `adaptive`).
+_THINKING_BUDGETS = {"minimal": 0, "low": 1024, "medium": 8192, "high": 24576}
+
+
 def _generation_config(request: ChatCompletionRequest) -> JSON:
     config: JSON = {}
     if request.output_cap is not None:
@@ -402,6 +406,12 @@ def _generation_config(request: ChatCompletionRequest) -> JSON:
         config["candidateCount"] = request.n
     if request.seed is not None:
         config["seed"] = request.seed
+    reasoning = request.reasoning
+    if reasoning is not None:
+        budget = reasoning.budget_tokens
+        if budget is None:
+            budget = _THINKING_BUDGETS.get(reasoning.effort or "medium", 8192)
+        config["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": True}
     response_format = request.response_format
     if response_format is not None and response_format.type != "text":
         config["responseMimeType"] = "application/json"
@@ -588,6 +598,7 @@ class _Reading:
     response_id: str
     text: list[str] = field(default_factory=list)
     calls: list[ToolCall] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)
 
     def read(self, parts: Iterable[Any]) -> tuple[str, list[ToolCall]]:
         """Feed parts; return the new text and the new tool calls."""
@@ -600,11 +611,16 @@ class _Reading:
             if isinstance(call, Mapping):
                 calls.append(self._tool_call(call, part.get("thoughtSignature")))
                 self.calls.append(calls[-1])
-            elif isinstance(part.get("text"), str) and not part.get("thought"):
-                # Thought summaries are the model's notes, not its answer.
-                text.append(part["text"])
+            elif isinstance(part.get("text"), str):
+                # Thought summaries are the model's notes, not its answer: they
+                # travel as reasoning text (`includeThoughts` asks for them).
+                (self.thoughts if part.get("thought") else text).append(part["text"])
         self.text.extend(text)
         return "".join(text), calls
+
+    def new_thoughts(self, seen: int) -> str:
+        """The thought text read since `seen` thoughts."""
+        return "".join(self.thoughts[seen:])
 
     def _tool_call(self, call: Mapping[str, Any], signature: Any) -> ToolCall:
         name = str(call.get("name", ""))
@@ -646,6 +662,7 @@ def from_gemini(data: Any, provider: str = "gemini") -> ChatCompletion:
                 message=ResponseMessage(
                     content=text if text or not reading.calls else None,
                     tool_calls=reading.calls or None,
+                    reasoning_content="".join(reading.thoughts) or None,
                 ),
                 finish_reason=_finish(candidate.get("finishReason"), bool(reading.calls)),
             )
@@ -758,20 +775,23 @@ class GeminiProvider(HTTPProvider):
                     first = state is None
                     if state is None:
                         state = candidates[index] = _CandidateStream(_Reading(response_id))
+                    seen = len(state.reading.thoughts)
                     text, calls = state.reading.read(_parts_of(candidate))
+                    thought = state.reading.new_thoughts(seen)
                     deltas = [
                         self._call_delta(state.calls + k, call) for k, call in enumerate(calls)
                     ]
                     state.calls += len(calls)
                     if candidate.get("finishReason"):
                         state.finish = str(candidate["finishReason"])
-                    if first or text or deltas:
+                    if first or text or deltas or thought:
                         yield chunk(
                             index,
                             Delta(
                                 role="assistant" if first else None,
                                 content=text if text or (first and not deltas) else None,
                                 tool_calls=deltas or None,
+                                reasoning_content=thought or None,
                             ),
                         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,10 @@ from axione_asgi.openai_types import (
 from axione_asgi.providers.base import HTTPProvider, flatten
 
 __all__ = ["MistralProvider", "OpenAIProvider"]
+
+
+# OpenAI's models that take `reasoning_effort` (the o-series and GPT-5).
+_REASONING_MODELS = re.compile(r"^(o\d|gpt-5)")
 
 
 class OpenAIProvider(HTTPProvider):
@@ -38,7 +43,17 @@ class OpenAIProvider(HTTPProvider):
     ) -> dict[str, Any]:
         """The upstream body: the client's request with the upstream model id."""
         data = request.model_dump(exclude_unset=True)
-        data["model"] = self.upstream_model(model)
+        data["model"] = upstream = self.upstream_model(model)
+        reasoning = request.reasoning
+        # Asked in another dialect (Anthropic `thinking`): only reasoning models
+        # take the field; the others refuse it, so there it is left out.
+        if (
+            reasoning is not None
+            and reasoning.effort
+            and "reasoning_effort" not in data
+            and _REASONING_MODELS.match(upstream)
+        ):
+            data["reasoning_effort"] = reasoning.effort
         if stream:
             data["stream"] = True
             # Always ask for usage, so tokens are counted even when the client

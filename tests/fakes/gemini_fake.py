@@ -749,6 +749,9 @@ class GeminiFake:
             size = max(1, -(-len(words) // 3))
             pieces = ["".join(words[k : k + size]) for k in range(0, len(words), size)]
             chunks = [[{"text": p}] for p in pieces if p] or [[]]
+            if config.get("thinkingConfig", {}).get("includeThoughts"):
+                # A thinking model's thought summary comes first, marked `thought`.
+                chunks.insert(0, [{"text": "Thinking it over.", "thought": True}])
         candidates_tokens = output_tokens * n
         total = prompt_tokens + candidates_tokens + self.thoughts_tokens
         final_usage: dict[str, Any] = {
@@ -925,9 +928,14 @@ def _merge(responses: list[dict[str, Any]]) -> dict[str, Any]:
             )
     for candidate in merged.get("candidates", []):
         parts = by_index.get(candidate.get("index", 0), [])
-        text = "".join(p["text"] for p in parts if "text" in p)
+        thought = "".join(p["text"] for p in parts if "text" in p and p.get("thought"))
+        text = "".join(p["text"] for p in parts if "text" in p and not p.get("thought"))
         others = [p for p in parts if "text" not in p]
-        joined = ([{"text": text}] if text else []) + others
+        joined = (
+            ([{"text": thought, "thought": True}] if thought else [])
+            + ([{"text": text}] if text else [])
+            + others
+        )
         if joined:
             candidate["content"] = {"parts": joined, "role": "model"}
     return merged
