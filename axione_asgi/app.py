@@ -27,6 +27,7 @@ from axione_asgi.exchange.pipeline import Pipeline
 from axione_asgi.ingress.anthropic_messages import AnthropicMessagesIngress
 from axione_asgi.ingress.base import Ingress
 from axione_asgi.ingress.openai_chat import OpenAIChatIngress
+from axione_asgi.ingress.openai_responses import OpenAIResponsesIngress
 from axione_asgi.keys import KeyRecord, KeyStore
 from axione_asgi.middleware.auth import KeyAuthMiddleware
 from axione_asgi.middleware.errors import ErrorFormatMiddleware
@@ -42,6 +43,7 @@ from axione_asgi.quota import QuotaService
 from axione_asgi.quota.days import utc_now
 from axione_asgi.quota.service import Clock
 from axione_asgi.stores import open_key_store
+from axione_asgi.stores.responses import ResponseStore, open_response_store
 
 __all__ = ["PUBLIC_PATHS", "AxioneApp", "Runtime", "create_app"]
 
@@ -71,11 +73,13 @@ class Runtime:
         key_store: KeyStore,
         quota: QuotaService,
         cache: ChatCache | None = None,
+        responses: ResponseStore | None = None,
     ) -> None:
         self.registry = registry
         self.key_store = key_store
         self.quota = quota
         self.cache = cache
+        self.responses = responses
         self.started = False
         self._lock = anyio.Lock()
 
@@ -101,6 +105,8 @@ class Runtime:
                 await self.registry.close_all()
                 if self.cache is not None:
                     await self.cache.aclose()
+                if self.responses is not None:
+                    self.responses.close()
 
 
 class _StartOnFirstRequest:
@@ -175,12 +181,14 @@ def create_app(
     store = key_store or open_key_store(config.storage.keys, config.keys)
     quota = QuotaService(config, key_store=store, clock=clock)
     cache = open_chat_cache(config.cache, config.storage.counters, clock or utc_now)
-    runtime = Runtime(registry, store, quota, cache)
+    responses = open_response_store(config.storage.responses or config.storage.ledger)
+    runtime = Runtime(registry, store, quota, cache, responses)
     pipeline = Pipeline(registry, config, cache)
     # The client dialects: each one module over the same pipeline.
     ingresses: list[Ingress] = [
         OpenAIChatIngress(pipeline, registry, quota, config),
         AnthropicMessagesIngress(pipeline, config),
+        OpenAIResponsesIngress(pipeline, config, responses),
     ]
     envelopes: dict[str, ErrorEnvelope] = {}
     for ingress in ingresses:

@@ -30,6 +30,7 @@ __all__ = [
     "MetricsConfig",
     "ProviderConfig",
     "RequestLimits",
+    "ResponsesConfig",
     "RetryConfig",
     "StaticKey",
     "StorageConfig",
@@ -129,6 +130,17 @@ class ProviderConfig(_Strict):
     # Kind `anthropic`, on pass-through: the `anthropic-beta` values forwarded
     # (None: every one the client sends).
     allowed_betas: list[str] | None = None
+    # Kinds `openai`/`openai-compatible`: whether the upstream serves `/responses`
+    # itself ("native", passed through) or Responses requests are translated to
+    # chat completions ("translate"). Unset: native for `openai`, else translate.
+    responses: Literal["native", "translate"] | None = None
+
+    @property
+    def responses_native(self) -> bool:
+        """Whether Responses requests pass through to this upstream's `/responses`."""
+        if self.responses is not None:
+            return self.responses == "native"
+        return self.kind == "openai"
 
     @field_validator("transport")
     @classmethod
@@ -162,13 +174,24 @@ class StorageConfig(_Strict):
     keys: str = "sqlite:///axione.db"
     ledger: str = "sqlite:///axione.db"
     counters: str = "memory://"
+    # Stored Responses-API answers (`store: true`); the ledger's database when unset.
+    responses: str | None = None
 
-    @field_validator("keys", "ledger")
+    @field_validator("keys", "ledger", "responses")
     @classmethod
-    def _known_scheme(cls, value: str) -> str:
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not (value.startswith("sqlite:///") or value == "memory://"):
             raise ValueError("must be 'memory://' or 'sqlite:///PATH'")
         return value
+
+
+class ResponsesConfig(_Strict):
+    """The Responses dialect: how long stored responses are kept."""
+
+    # OpenAI keeps stored responses 30 days.
+    retention_s: float = Field(default=30 * 86400, gt=0)
 
 
 class TierLimits(_Strict):
@@ -333,6 +356,7 @@ class AxioneConfig(_Strict):
     # Other names for models (SPEC 9): exact, or with one `*` that the target repeats.
     aliases: dict[str, str] = Field(default_factory=dict)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

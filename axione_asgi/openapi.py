@@ -115,8 +115,155 @@ _USAGE_HISTORY = {
     },
 }
 
+# -- the Anthropic Messages dialect (SPEC 9) ----------------------------------
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "api_error",
+    529: "overloaded_error",
+}
+
+_ANTHROPIC_ERROR = {
+    "type": "object",
+    "description": "Anthropic's error envelope, so the anthropic SDKs raise their own classes.",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {
+                "type": {"enum": sorted(set(_ANTHROPIC_ERROR_TYPES.values()))},
+                "message": {"type": "string"},
+            },
+        },
+    },
+}
+
+_MESSAGES_FIELDS: dict[str, Any] = {
+    "model": {
+        "type": "string",
+        "minLength": 1,
+        "description": "`provider/model`, or an alias from `[aliases]`.",
+    },
+    "messages": {
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "type": "object",
+            "required": ["role", "content"],
+            "properties": {
+                "role": {"enum": ["user", "assistant"]},
+                "content": {"type": ["string", "array"], "items": {"type": "object"}},
+            },
+        },
+    },
+    "system": {"type": ["string", "array"], "items": {"type": "object"}},
+    "tools": {"type": "array", "items": {"type": "object"}},
+    "tool_choice": {"type": "object"},
+    "thinking": {"type": "object"},
+}
+
+_MESSAGES_REQUEST = {
+    "type": "object",
+    "description": "Anthropic's Messages request. Fields not listed are accepted: forwarded "
+    "on pass-through to an Anthropic backend, translated or ignored elsewhere.",
+    "required": ["model", "messages", "max_tokens"],
+    "additionalProperties": True,
+    "properties": {
+        **_MESSAGES_FIELDS,
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+        "stream": {"type": "boolean"},
+        "stop_sequences": {"type": "array", "items": {"type": "string"}},
+        "temperature": {"type": "number"},
+        "top_p": {"type": "number"},
+        "metadata": {"type": "object"},
+    },
+}
+
+_COUNT_TOKENS_REQUEST = {
+    "type": "object",
+    "description": "A Messages request without `max_tokens`, to count its input tokens.",
+    "required": ["model", "messages"],
+    "additionalProperties": True,
+    "properties": _MESSAGES_FIELDS,
+}
+
+_MESSAGE = {
+    "type": "object",
+    "required": ["id", "type", "role", "model", "content", "stop_reason", "usage"],
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"const": "message"},
+        "role": {"const": "assistant"},
+        "model": {"type": "string", "description": "The name the client sent."},
+        "content": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type"],
+                "description": "`text`, `tool_use`, `thinking`, and on pass-through every "
+                "block type Anthropic answers with.",
+                "properties": {"type": {"type": "string"}},
+            },
+        },
+        "stop_reason": {"type": ["string", "null"]},
+        "stop_sequence": {"type": ["string", "null"]},
+        "usage": {
+            "type": "object",
+            "required": ["input_tokens", "output_tokens"],
+            "properties": {
+                "input_tokens": {"type": "integer"},
+                "output_tokens": {"type": "integer"},
+                "cache_creation_input_tokens": {"type": ["integer", "null"]},
+                "cache_read_input_tokens": {"type": ["integer", "null"]},
+            },
+        },
+    },
+}
+
+_TOKEN_COUNT = {
+    "type": "object",
+    "required": ["input_tokens"],
+    "properties": {"input_tokens": {"type": "integer"}},
+}
+
+_MESSAGES_HEADERS = [
+    {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+    for name, description in (
+        ("anthropic-version", "Forwarded to an Anthropic backend on pass-through."),
+        (
+            "anthropic-beta",
+            "Forwarded to an Anthropic backend on pass-through (filtered by the "
+            "provider's `allowed_betas` when set).",
+        ),
+        (
+            "X-Claude-Code-Session-Id",
+            "Claude Code's session id, kept in the usage ledger's `session_id`.",
+        ),
+    )
+]
+
 _DESCRIPTION = (
     "An OpenAI-compatible AI gateway. Model ids are `provider/model`.\n\n"
+    "It also speaks Anthropic's Messages API (`POST /messages`, "
+    "`POST /messages/count_tokens`) to every backend, with errors in Anthropic's "
+    "envelope: the anthropic SDKs take the prefix without its last `/v1` as their "
+    "`base_url`. Credentials: `Authorization: Bearer <key>` or `x-api-key: <key>`.\n\n"
     "Opt-in routes not described here, when enabled in the configuration: the admin "
     "API for the operator key (`[admin]`, under `/admin` by default) and the "
     "Prometheus scrape endpoint (`[metrics]`, `/metrics` by default)."
@@ -128,6 +275,24 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {
         str(s): {"description": "An error", "content": {"application/json": {"schema": ref}}}
         for s in statuses
+    }
+
+
+def _anthropic_errors(*statuses: int) -> dict[str, Any]:
+    ref = {"$ref": _REF.format(model="AnthropicError")}
+    return {
+        str(s): {
+            "description": f"An error: `{_ANTHROPIC_ERROR_TYPES[s]}`",
+            "content": {"application/json": {"schema": ref}},
+        }
+        for s in statuses
+    }
+
+
+def _body(ref: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(model=ref)}}},
     }
 
 
@@ -151,6 +316,13 @@ def openapi_document() -> dict[str, Any]:
     schemas.update(
         Error=_ERROR, Model=_MODEL, UsageReport=_USAGE_REPORT, UsageHistory=_USAGE_HISTORY
     )
+    schemas.update(
+        AnthropicError=_ANTHROPIC_ERROR,
+        MessagesRequest=_MESSAGES_REQUEST,
+        CountTokensRequest=_COUNT_TOKENS_REQUEST,
+        Message=_MESSAGE,
+        MessageTokensCount=_TOKEN_COUNT,
+    )
     schemas["ModelList"] = {
         "type": "object",
         "required": ["object", "data"],
@@ -168,9 +340,13 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
         },
-        "security": [{"bearer": []}],
+        # Either one: the same key as a bearer token or in `x-api-key`.
+        "security": [{"bearer": []}, {"apiKey": []}],
         "paths": {
             "/chat/completions": {
                 "post": {
@@ -213,6 +389,46 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json("EmbeddingResponse", "The embeddings"),
                         **_errors(400, 403, 404, 408, 413, 502, 503, 504),
                         **common,
+                    },
+                }
+            },
+            "/messages": {
+                "post": {
+                    "operationId": "createMessage",
+                    "description": "Anthropic's Messages API. To an `anthropic`-kind backend "
+                    "the body is passed through as sent; to the others it is translated. "
+                    "Tools the backend cannot run are left out and named in the "
+                    "`x-axione-ignored-tools` response header.",
+                    "parameters": _MESSAGES_HEADERS,
+                    "requestBody": _body("MessagesRequest"),
+                    "responses": {
+                        "200": {
+                            "description": "A Message, or Anthropic's stream of events "
+                            "when `stream`",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": _REF.format(model="Message")}
+                                },
+                                "text/event-stream": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_anthropic_errors(
+                            400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504, 529
+                        ),
+                    },
+                }
+            },
+            "/messages/count_tokens": {
+                "post": {
+                    "operationId": "countMessageTokens",
+                    "description": "The input tokens of a Messages request: Anthropic's own "
+                    "count, Gemini's `countTokens`, else the gateway's estimate. Not counted "
+                    "against the key's day.",
+                    "parameters": _MESSAGES_HEADERS,
+                    "requestBody": _body("CountTokensRequest"),
+                    "responses": {
+                        "200": _json("MessageTokensCount", "The input token count"),
+                        **_anthropic_errors(400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504),
                     },
                 }
             },

@@ -10,7 +10,7 @@ import httpx
 import httpx2
 import pytest
 
-from tests.fakes.anthropic_fake import FAKE_API_KEY, FakeAnthropic
+from tests.fakes.anthropic_fake import FAKE_API_KEY, MID_CONVERSATION_SYSTEM_BETA, FakeAnthropic
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16).decode()
 WEATHER_TOOL = {
@@ -236,6 +236,80 @@ async def test_fake_accepts_a_tool_round_trip() -> None:
     response = await post(FakeAnthropic(), payload)
     assert response.status_code == 200, response.text
     assert response.json()["content"][0]["text"] == "Tool said: sunny thanks"
+
+
+# -- mid-conversation system turns (Claude Code's beta), chosen tools ------------------------
+
+MID_SYSTEM = {"anthropic-beta": f"claude-code-20250219,{MID_CONVERSATION_SYSTEM_BETA}"}
+_steer = {"role": "system", "content": "Answer tersely."}
+
+
+@pytest.mark.anyio
+async def test_fake_accepts_system_turns_with_the_beta_and_answers_around_them() -> None:
+    payload = body(
+        tools=[WEATHER_TOOL],
+        thinking=THINKING,
+        max_tokens=2000,
+        messages=[{"role": "user", "content": "Weather?"}, _steer],
+    )
+    fake = FakeAnthropic()
+    first = await post(fake, payload, **MID_SYSTEM)
+    assert first.status_code == 200, first.text
+    thinking, text, call = first.json()["content"]
+    assert "Weather?" in thinking["thinking"] and call["name"] == "get_weather"
+    result = {"type": "tool_result", "tool_use_id": call["id"], "content": "sunny"}
+    payload["messages"] += [
+        {"role": "assistant", "content": [thinking, text, call]},
+        {"role": "user", "content": [result]},
+        {"role": "system", "content": [{"type": "text", "text": "Still terse."}]},
+    ]
+    second = await post(fake, payload, **MID_SYSTEM)
+    assert second.status_code == 200, second.text
+    assert second.json()["content"][-1]["text"] == "Tool said: sunny"
+    assert fake.verified_signatures == 1
+
+
+_BAD_SYSTEM_TURNS: dict[str, list[dict[str, Any]]] = {
+    "first": [_steer, {"role": "user", "content": "Hi"}],
+    "after assistant": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        _steer,
+    ],
+    "two in a row": [{"role": "user", "content": "Hi"}, _steer, _steer],
+    "empty": [{"role": "user", "content": "Hi"}, {"role": "system", "content": " "}],
+    "image": [
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": [{"type": "image", "source": {"type": "url",
+                                                                    "url": "https://x/y.png"}}]},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", list(_BAD_SYSTEM_TURNS), ids=list(_BAD_SYSTEM_TURNS))
+async def test_fake_rejects_misplaced_system_turns_even_with_the_beta(case: str) -> None:
+    response = await post(FakeAnthropic(), body(messages=_BAD_SYSTEM_TURNS[case]), **MID_SYSTEM)
+    assert response.status_code == 400, response.text
+
+
+@pytest.mark.anyio
+async def test_fake_rejects_a_system_turn_without_the_beta() -> None:
+    payload = body(messages=[{"role": "user", "content": "Hi"}, _steer])
+    response = await post(FakeAnthropic(), payload, **{"anthropic-beta": "claude-code-20250219"})
+    assert response.status_code == 400
+    assert "role" in response.json()["error"]["message"]
+
+
+@pytest.mark.anyio
+async def test_fake_calls_the_tools_named_in_tool_names() -> None:
+    other = {**WEATHER_TOOL, "name": "get_time"}
+    fake = FakeAnthropic()
+    fake.tool_names = ["get_time"]
+    fake.tool_input = {"zone": "UTC"}
+    response = await post(fake, body(tools=[WEATHER_TOOL, other]))
+    call = response.json()["content"][-1]
+    assert (call["name"], call["input"]) == ("get_time", {"zone": "UTC"})
 
 
 # -- count_tokens, thinking, documents, caching, betas --------------------------------------

@@ -15,13 +15,15 @@ from tests.quota_app import asgi_client
 
 pytestmark = pytest.mark.anyio
 
-# SPEC section 1, and /embeddings.
+# SPEC section 1, /embeddings, and the Messages dialect (SPEC section 9).
 SPEC_OPERATIONS = {
     ("post", "/chat/completions"),
     ("get", "/models"),
     ("get", "/models/{provider}/{model}"),
     ("get", "/usage"),
     ("post", "/embeddings"),
+    ("post", "/messages"),
+    ("post", "/messages/count_tokens"),
 }
 
 
@@ -99,6 +101,28 @@ async def test_usage_page_is_public_and_history_needs_a_key(document: dict[str, 
     assert (days["name"], days["schema"]["minimum"], days["schema"]["maximum"]) == ("days", 1, 90)
 
 
-async def test_document_declares_bearer_auth(document: dict[str, Any]) -> None:
-    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
-    assert document["security"] == [{"bearer": []}]
+async def test_document_declares_bearer_or_x_api_key_auth(document: dict[str, Any]) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearer"]["scheme"] == "bearer"
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "x-api-key"}
+    assert document["security"] == [{"bearer": []}, {"apiKey": []}]  # either one
+
+
+async def test_messages_operations_answer_in_anthropics_envelope(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    assert schemas["MessagesRequest"]["required"] == ["model", "messages", "max_tokens"]
+    assert schemas["CountTokensRequest"]["required"] == ["model", "messages"]
+    create = document["paths"]["/messages"]["post"]
+    ok = create["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"]["$ref"].endswith("/Message")
+    assert "text/event-stream" in ok
+    for path in ("/messages", "/messages/count_tokens"):
+        responses = document["paths"][path]["post"]["responses"]
+        errors = [r for status, r in responses.items() if status != "200"]
+        assert errors and all(
+            r["content"]["application/json"]["schema"]["$ref"].endswith("/AnthropicError")
+            for r in errors
+        )
+    envelope = schemas["AnthropicError"]
+    assert envelope["properties"]["type"] == {"const": "error"}
+    assert "overloaded_error" in envelope["properties"]["error"]["properties"]["type"]["enum"]

@@ -169,9 +169,12 @@ class Pipeline:
 
     # -- the response cache --------------------------------------------------
     def cache_key(
-        self, exchange: Exchange, request: ChatCompletionRequest, headers: Mapping[str, str],
+        self,
+        exchange: Exchange,
+        request: ChatCompletionRequest,
+        headers: Mapping[str, str],
         variant: str = "",
-    ) -> str | None:  # fmt: skip
+    ) -> str | None:
         """The cache entry of a request, or None when it must not be cached."""
         if self.cache is None:
             return None

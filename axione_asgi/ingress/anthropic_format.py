@@ -352,8 +352,9 @@ def to_chat(body: Json, public_model: str) -> tuple[ChatCompletionRequest, list[
         if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant", "system"):
             raise _fail("Each message needs a role of 'user' or 'assistant'", f"{where}.role")
         if "content" not in turn:
-            raise InvalidRequest(f"'{where}.content': Field required", param=f"{where}.content",
-                                 code="missing_field")  # fmt: skip
+            raise InvalidRequest(
+                f"'{where}.content': Field required", param=f"{where}.content", code="missing_field"
+            )
         if turn["role"] == "system":
             # Claude Code's mid-conversation system turns (a beta): a system message there.
             text = _text_of_system(turn["content"])
@@ -372,8 +373,12 @@ def to_chat(body: Json, public_model: str) -> tuple[ChatCompletionRequest, list[
         chat["tool_choice"] = choice
     if parallel is not None:
         chat["parallel_tool_calls"] = parallel
-    for name, hub in (("max_tokens", "max_tokens"), ("temperature", "temperature"),
-                      ("top_p", "top_p"), ("stream", "stream")):  # fmt: skip
+    for name, hub in (
+        ("max_tokens", "max_tokens"),
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("stream", "stream"),
+    ):
         if body.get(name) is not None:
             chat[hub] = body[name]
     stops = body.get("stop_sequences")
@@ -454,9 +459,13 @@ def to_message(completion: ChatCompletion, model: str) -> Json:
             content.append({"type": "text", "text": message.content})
         for call in message.tool_calls or ():
             content.append(
-                {"type": "tool_use", "id": call.id, "name": call.function.name,
-                 "input": _tool_input(call.function.arguments)}
-            )  # fmt: skip
+                {
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.function.name,
+                    "input": _tool_input(call.function.arguments),
+                }
+            )
     return {
         "id": message_id(completion.id),
         "type": "message",
@@ -502,17 +511,21 @@ class MessagesStreamWriter:
             "stop_sequence": None,
             "usage": {"input_tokens": self.input_estimate, "output_tokens": 1},
         }
-        return [event("message_start", {"type": "message_start", "message": message}),
-                event("ping", {"type": "ping"})]  # fmt: skip
+        return [
+            event("message_start", {"type": "message_start", "message": message}),
+            event("ping", {"type": "ping"}),
+        ]
 
     def _open(self, kind: str, block: Json) -> list[bytes]:
         out = self._close()
         self.index += 1
         self.block = kind
         out.append(
-            event("content_block_start",
-                  {"type": "content_block_start", "index": self.index, "content_block": block})
-        )  # fmt: skip
+            event(
+                "content_block_start",
+                {"type": "content_block_start", "index": self.index, "content_block": block},
+            )
+        )
         return out
 
     def _close(self) -> list[bytes]:
@@ -559,10 +572,15 @@ class MessagesStreamWriter:
                 for call in delta.tool_calls or ():
                     if call.index not in self.tools:
                         function = call.function
-                        out += self._open("tool", {
-                            "type": "tool_use", "id": call.id or f"toolu_{new_id('')[1:]}",
-                            "name": (function.name if function else None) or "", "input": {},
-                        })  # fmt: skip
+                        out += self._open(
+                            "tool",
+                            {
+                                "type": "tool_use",
+                                "id": call.id or f"toolu_{new_id('')[1:]}",
+                                "name": (function.name if function else None) or "",
+                                "input": {},
+                            },
+                        )
                         self.tools[call.index] = self.index
                     elif self.tools[call.index] != self.index:
                         continue  # a late fragment of a call already closed
@@ -581,11 +599,19 @@ class MessagesStreamWriter:
         usage = usage_object(self.usage, self.input_estimate)
         if self.usage is None:
             usage["output_tokens"] = (self.output_chars + 3) // 4
-        out.append(event("message_delta", {
-            "type": "message_delta",
-            "delta": {"stop_reason": stop_reason(self.finish_reason), "stop_sequence": None},
-            "usage": usage,
-        }))  # fmt: skip
+        out.append(
+            event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": stop_reason(self.finish_reason),
+                        "stop_sequence": None,
+                    },
+                    "usage": usage,
+                },
+            )
+        )
         out.append(event("message_stop", {"type": "message_stop"}))
         return b"".join(out)
 

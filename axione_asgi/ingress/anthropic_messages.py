@@ -71,9 +71,10 @@ def _load(body: bytes, *, count: bool = False) -> Json:
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest(
-            "'messages': must be a non-empty list of messages", param="messages",
+            "'messages': must be a non-empty list of messages",
+            param="messages",
             code="missing_field" if messages is None else "invalid_value",
-        )  # fmt: skip
+        )
     if not count:
         cap = data.get("max_tokens")
         if cap is None:
@@ -215,8 +216,9 @@ class AnthropicMessagesIngress:
     ) -> tuple[bytes, tuple[int, int] | None]:
         provider = _native(target)
         if provider is not None:
-            response = await provider.forward(DIALECT, "messages", call.body, target.model,
-                                              call.forward)  # fmt: skip
+            response = await provider.forward(
+                DIALECT, "messages", call.body, target.model, call.forward
+            )
             try:
                 message = json.loads(response.body)
                 message["model"] = call.model_for(target)
@@ -280,8 +282,9 @@ class AnthropicMessagesIngress:
             yield error_event(exc)
         except Exception as exc:
             request_id = request_id_of(exchange.scope)
-            logger.warning("pass-through stream failed in request %s: %s", request_id,
-                           type(exc).__name__)  # fmt: skip
+            logger.warning(
+                "pass-through stream failed in request %s: %s", request_id, type(exc).__name__
+            )
             yield error_event(UpstreamError(f"The upstream stream failed; request id {request_id}"))
         finally:
             used = _usage_tokens(usage)
@@ -318,8 +321,9 @@ class AnthropicMessagesIngress:
         target = self.pipeline.candidates([data["model"]], key_of(request.scope))[0]
         provider = _native(target)
         if provider is not None:
-            response = await provider.forward(DIALECT, "count_tokens", data, target.model,
-                                              self._forwarded(request))  # fmt: skip
+            response = await provider.forward(
+                DIALECT, "count_tokens", data, target.model, self._forwarded(request)
+            )
             return Response(response.body, media_type=JSON)
         estimate = estimate_json_tokens(data.get("system"), data["messages"], data.get("tools"))
         counter = target.provider

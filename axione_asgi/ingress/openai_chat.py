@@ -111,9 +111,12 @@ class OpenAIChatIngress:
     """The OpenAI-dialect endpoints over the shared pipeline."""
 
     def __init__(
-        self, pipeline: Pipeline, registry: ProviderRegistry, quota: QuotaService,
+        self,
+        pipeline: Pipeline,
+        registry: ProviderRegistry,
+        quota: QuotaService,
         config: AxioneConfig,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.pipeline = pipeline
         self.registry = registry
         self.quota = quota
@@ -127,9 +130,14 @@ class OpenAIChatIngress:
         ]
         for alias, target in registry.aliases.exact.items():
             self._models.append(
-                {"id": alias, "object": "model", "created": created,
-                 "owned_by": target.split("/", 1)[0], "alias_of": target}
-            )  # fmt: skip
+                {
+                    "id": alias,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": target.split("/", 1)[0],
+                    "alias_of": target,
+                }
+            )
         self._models_body = json.dumps({"object": "list", "data": self._models}).encode()
         self._model_bodies = {m["id"]: json.dumps(m).encode() for m in self._models}
 

@@ -702,9 +702,13 @@ class AnthropicProvider(HTTPProvider):
         return frozenset({MESSAGES_DIALECT})
 
     def _native(
-        self, dialect: str, operation: str, body: dict[str, Any], model: str,
+        self,
+        dialect: str,
+        operation: str,
+        body: dict[str, Any],
+        model: str,
         headers: Mapping[str, str],
-    ) -> tuple[str, bytes, dict[str, str]]:  # fmt: skip
+    ) -> tuple[str, bytes, dict[str, str]]:
         if dialect != MESSAGES_DIALECT or operation not in _NATIVE_PATHS:
             raise InvalidRequest(f"Provider '{self.name}' does not serve {dialect} {operation}")
         forwarded = {**body, "model": self.upstream_model(model)}
@@ -723,17 +727,25 @@ class AnthropicProvider(HTTPProvider):
         return _NATIVE_PATHS[operation], json_bytes(forwarded), sent
 
     async def forward(
-        self, dialect: str, operation: str, body: dict[str, Any], model: str,
+        self,
+        dialect: str,
+        operation: str,
+        body: dict[str, Any],
+        model: str,
         headers: Mapping[str, str],
-    ) -> UpstreamResponse:  # fmt: skip
+    ) -> UpstreamResponse:
         """The client's Messages body to `/v1/messages` (or count_tokens), as sent."""
         path, payload, sent = self._native(dialect, operation, body, model, headers)
         return await self.forward_bytes(path, payload, sent, dialect)
 
     def forward_stream(
-        self, dialect: str, operation: str, body: dict[str, Any], model: str,
+        self,
+        dialect: str,
+        operation: str,
+        body: dict[str, Any],
+        model: str,
         headers: Mapping[str, str],
-    ) -> AbstractAsyncContextManager[UpstreamStream]:  # fmt: skip
+    ) -> AbstractAsyncContextManager[UpstreamStream]:
         path, payload, sent = self._native(dialect, operation, body, model, headers)
         return self.forward_stream_bytes(path, payload, sent, dialect)
 

@@ -138,16 +138,24 @@ class NativeProvider(Protocol):
         ...
 
     async def forward(
-        self, dialect: str, operation: str, body: dict[str, Any], model: str,
+        self,
+        dialect: str,
+        operation: str,
+        body: dict[str, Any],
+        model: str,
         headers: Mapping[str, str],
-    ) -> UpstreamResponse:  # fmt: skip
+    ) -> UpstreamResponse:
         """One whole answer."""
         ...
 
     def forward_stream(
-        self, dialect: str, operation: str, body: dict[str, Any], model: str,
+        self,
+        dialect: str,
+        operation: str,
+        body: dict[str, Any],
+        model: str,
         headers: Mapping[str, str],
-    ) -> AbstractAsyncContextManager[UpstreamStream]:  # fmt: skip
+    ) -> AbstractAsyncContextManager[UpstreamStream]:
         """The answer, read as it arrives, once its status is known good."""
         ...
 
@@ -370,7 +378,9 @@ class HTTPProvider:
         otherwise (nor see the upstream's words about our key).
         """
         error = self.error_for_status(status, body, headers)
-        if status not in (401, 403):
+        if status not in (401, 403) and body.lstrip().startswith(b"{"):
+            # A JSON error is the upstream's answer in the dialect; anything else
+            # (a proxy's HTML page) is better said in the gateway's words.
             error.native = (dialect, status, self.scrub(body.decode("utf-8", "replace")).encode())
         return error
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,10 +18,12 @@ from axione_asgi.openai_types import (
     EmbeddingResponse,
 )
 from axione_asgi.providers.base import HTTPProvider, flatten
+from axione_asgi.transports import UpstreamResponse, UpstreamStream, json_bytes
 
 __all__ = ["MistralProvider", "OpenAIProvider"]
 
 
+_RESPONSES = frozenset({"openai-responses"})
 # OpenAI's models that take `reasoning_effort` (the o-series and GPT-5).
 _REASONING_MODELS = re.compile(r"^(o\d|gpt-5)")
 
@@ -106,6 +109,39 @@ class OpenAIProvider(HTTPProvider):
                     async for _ in batches:
                         pass
                     return
+
+    # -- pass-through of the Responses dialect (the native face) --------------
+    def native_dialects(self) -> frozenset[str]:
+        """`openai-responses` where the upstream serves `/responses` (SPEC 9)."""
+        return _RESPONSES if self.config.responses_native else frozenset()
+
+    def _native(self, dialect: str, operation: str, body: dict[str, Any], model: str) -> bytes:
+        if dialect not in self.native_dialects() or operation != "responses":
+            raise InvalidRequest(f"Provider '{self.name}' does not serve {dialect} {operation}")
+        return json_bytes({**body, "model": self.upstream_model(model)})
+
+    async def forward(
+        self,
+        dialect: str,
+        operation: str,
+        body: dict[str, Any],
+        model: str,
+        headers: Mapping[str, str],
+    ) -> UpstreamResponse:
+        """The client's Responses body to `POST /responses`, as sent."""
+        payload = self._native(dialect, operation, body, model)
+        return await self.forward_bytes("/responses", payload, headers, dialect)
+
+    def forward_stream(
+        self,
+        dialect: str,
+        operation: str,
+        body: dict[str, Any],
+        model: str,
+        headers: Mapping[str, str],
+    ) -> AbstractAsyncContextManager[UpstreamStream]:
+        payload = self._native(dialect, operation, body, model)
+        return self.forward_stream_bytes("/responses", payload, headers, dialect)
 
     def embedding_payload(self, request: EmbeddingRequest, model: str) -> dict[str, Any]:
         """The upstream body; floats are always asked for, the router encodes base64."""

@@ -8,9 +8,14 @@ for a bad key) with Anthropic's error body, and answers valid ones
 deterministically:
 
 - with custom tools offered and `tool_choice` not `none`, it calls the forced
-  tool, or the first `tool_calls_per_turn` tools, unless the last user turn
+  tool, or the first `tool_calls_per_turn` tools (of those named in `tool_names`
+  when set, none for `[]`; with `tool_input` as their input when set), unless the last user turn
   carries tool results and the choice is `auto` (then it answers with those results);
 - otherwise it echoes the last user turn's text;
+- `system` turns inside `messages` (the `mid-conversation-system-2026-04-07` beta,
+  as Claude Code sends them) are accepted only with that beta in `anthropic-beta`,
+  right after a user turn and as text; they are not turns: roles alternate, tool
+  calls pair up and answers are made around them;
 - `stop_sequences` and `max_tokens` cut the echo (`stop_sequence`, `max_tokens`);
 - with `thinking` on (`enabled`, `adaptive`), the answer starts with a `thinking`
   block whose `signature` is an HMAC of its text under the instance's
@@ -49,7 +54,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["FAKE_API_KEY", "Failure", "FakeAnthropic"]
+__all__ = ["FAKE_API_KEY", "MID_CONVERSATION_SYSTEM_BETA", "Failure", "FakeAnthropic"]
 
 FAKE_API_KEY = "sk-ant-api03-fake-0123456789abcdef"
 
@@ -132,6 +137,7 @@ _SERVER_TOOLS: dict[str, tuple[str, frozenset[str]]] = {
     "tool_search_tool_bm25_20251119": ("tool_search_tool_bm25", frozenset()),
 }  # fmt: skip
 _THINKING_ON = ("enabled", "adaptive", "between_tools")
+MID_CONVERSATION_SYSTEM_BETA = "mid-conversation-system-2026-04-07"
 _FIRST_THINKING = (
     "When `thinking` is enabled, a final `assistant` message must start with a thinking "
     "block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We "
@@ -162,6 +168,8 @@ class _Check:
 
     key: bytes
     verified: int = 0
+    # The `mid-conversation-system-2026-04-07` beta: `system` turns inside `messages`.
+    system_turns: bool = False
     # cache_control ttls met, per part of the prompt (cached in the order tools, system, messages).
     cache_ttls: dict[str, list[str]] = field(
         default_factory=lambda: {"tools": [], "system": [], "messages": []}
@@ -457,10 +465,10 @@ def _validate(body: Any, check: _Check, *, count: bool = False) -> None:
     _validate_extras(body, check)
     tool_names = _validate_tools(body, check)
     thinking = _validate_thinking(body, count=count)
-    blocks = _validate_messages(body.get("messages"), check, has_tools=bool(tool_names))
+    blocks, indices = _validate_messages(body.get("messages"), check, has_tools=bool(tool_names))
     _check_cache_count(check)
     if thinking:
-        _require_leading_thinking(blocks)
+        _require_leading_thinking(blocks, indices)
 
 
 def _validate_system(system: Any, check: _Check) -> None:
@@ -627,12 +635,12 @@ def _validate_thinking(body: Json, *, count: bool) -> bool:
     return True
 
 
-def _require_leading_thinking(blocks_per_message: list[list[Json]]) -> None:
+def _require_leading_thinking(blocks_per_message: list[list[Json]], indices: list[int]) -> None:
     """With thinking on, the assistant turn answered by tool results must open with thinking."""
     if len(blocks_per_message) < 3 or len(blocks_per_message) % 2 == 0:
         return  # roles alternate from `user`: an even count ends on an assistant turn
-    i = len(blocks_per_message) - 2
-    assistant, results = blocks_per_message[i], blocks_per_message[-1]
+    assistant, results = blocks_per_message[-2], blocks_per_message[-1]
+    i = indices[-2]
     if not any(b["type"] == "tool_result" for b in results):
         return
     if not any(b["type"] == "tool_use" for b in assistant):
@@ -645,25 +653,58 @@ def _require_leading_thinking(blocks_per_message: list[list[Json]]) -> None:
         )
 
 
-def _validate_messages(messages: Any, check: _Check, *, has_tools: bool) -> list[list[Json]]:
+def _check_system_turn(messages: list[Any], i: int, check: _Check) -> None:
+    """A `system` turn inside `messages`: only with the beta, right after a user turn, text."""
+    if not check.system_turns:
+        raise _Reject(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+    if i == 0:
+        raise _Reject('messages: first message must use the "user" role')
+    if messages[i - 1].get("role") != "user":
+        raise _Reject(f"messages.{i}: a system message must immediately follow a user message")
+    content = messages[i].get("content")
+    if isinstance(content, str):
+        if not content.strip():
+            raise _Reject("messages: text content blocks must contain non-whitespace text")
+        return
+    if not isinstance(content, list) or not content:
+        raise _Reject(f"messages.{i}.content: Input should be a valid string or non-empty list")
+    for j, block in enumerate(content):
+        where = f"messages.{i}.content.{j}"
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise _Reject(f"{where}: Input tag does not match the expected tag 'text'")
+        _extra(block, _BLOCK_KEYS["text"], f"{where}.")
+        _check_cache(block, where, check)
+        _check_text(block, where)
+
+
+def _validate_messages(
+    messages: Any, check: _Check, *, has_tools: bool
+) -> tuple[list[list[Json]], list[int]]:
+    """Check every message; the conversation turns' blocks and places (system turns left out)."""
     if not isinstance(messages, list):
         raise _Reject("messages: Field required")
     if not messages:
         raise _Reject("messages: at least one message is required")
     blocks_per_message: list[list[Json]] = []
+    indices: list[int] = []
+    previous_role: str | None = None
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise _Reject(f"messages.{i}: Input should be a valid dictionary")
         _extra(message, {"role", "content"}, f"messages.{i}.")
+        if message.get("role") == "system":
+            _check_system_turn(messages, i, check)
+            continue
         if message.get("role") not in ("user", "assistant"):
             raise _Reject(f"messages.{i}.role: Input should be 'user' or 'assistant'")
         if i == 0 and message["role"] != "user":
             raise _Reject('messages: first message must use the "user" role')
-        if i > 0 and messages[i - 1].get("role") == message["role"]:
+        if previous_role == message["role"]:
             raise _Reject(
                 'messages: roles must alternate between "user" and "assistant", but found '
                 f'multiple "{message["role"]}" roles in a row'
             )
+        previous_role = message["role"]
         blocks = _blocks_of(message, i, check)
         final_assistant = i == len(messages) - 1 and message["role"] == "assistant"
         if not blocks and not final_assistant:
@@ -675,15 +716,18 @@ def _validate_messages(messages: Any, check: _Check, *, has_tools: bool) -> list
         if final_assistant and last.get("type") == "text" and last["text"] != last["text"].rstrip():
             raise _Reject("messages: final assistant content cannot end with trailing whitespace")
         blocks_per_message.append(blocks)
-    _validate_tool_pairing(messages, blocks_per_message, has_tools=has_tools)
-    return blocks_per_message
+        indices.append(i)
+    _validate_tool_pairing(indices, blocks_per_message, has_tools=has_tools)
+    return blocks_per_message, indices
 
 
 def _validate_tool_pairing(
-    messages: list[Json], blocks_per_message: list[list[Json]], *, has_tools: bool
+    indices: list[int], blocks_per_message: list[list[Json]], *, has_tools: bool
 ) -> None:
+    """Calls and results pair up across adjacent turns; `indices` are their places in `messages`."""
     uses_tools = False
-    for i, blocks in enumerate(blocks_per_message):
+    for k, blocks in enumerate(blocks_per_message):
+        i = indices[k]
         results = [b for b in blocks if b["type"] == "tool_result"]
         uses = [b["id"] for b in blocks if b["type"] == "tool_use"]
         uses_tools = uses_tools or bool(results or uses)
@@ -693,7 +737,7 @@ def _validate_tool_pairing(
                 raise _Reject(
                     f"messages.{i}: tool_result blocks must come before any other content"
                 )
-            previous = blocks_per_message[i - 1] if i > 0 else []
+            previous = blocks_per_message[k - 1] if k > 0 else []
             called = {b["id"] for b in previous if b["type"] == "tool_use"}
             for j, block in enumerate(blocks):
                 if block["type"] == "tool_result" and block["tool_use_id"] not in called:
@@ -703,12 +747,13 @@ def _validate_tool_pairing(
                         "block must have a corresponding `tool_use` block in the previous message."
                     )
         if uses:
-            following = blocks_per_message[i + 1] if i + 1 < len(messages) else []
+            following = blocks_per_message[k + 1] if k + 1 < len(blocks_per_message) else []
             answered = {b["tool_use_id"] for b in following if b["type"] == "tool_result"}
             missing = [u for u in uses if u not in answered]
             if missing:
+                after = indices[k + 1] if k + 1 < len(indices) else i + 1
                 raise _Reject(
-                    f"messages.{i + 1}: `tool_use` ids were found without `tool_result` blocks "
+                    f"messages.{after}: `tool_use` ids were found without `tool_result` blocks "
                     f"immediately after: {', '.join(missing)}. Each `tool_use` block must have "
                     "a corresponding `tool_result` block in the next message."
                 )
@@ -783,6 +828,9 @@ class FakeAnthropic:
         self.stream_error_type = "overloaded_error"
         self.tool_input: Json | None = None
         self.tool_calls_per_turn = 1
+        # Call the offered tools of these names (in this order) instead of the first ones;
+        # `[]` calls none: a text answer whatever the tools.
+        self.tool_names: list[str] | None = None
         self.refuse = False
         # Newer API versions repeat the input counts in message_delta's usage.
         self.delta_usage_repeats_input = False
@@ -867,7 +915,9 @@ class FakeAnthropic:
         if self.failures:
             failure = self.failures.pop(0)
             return self._error(failure.status, failure.etype, failure.message, failure.headers)
-        check = _Check(self.signing_key)
+        check = _Check(
+            self.signing_key, system_turns=MID_CONVERSATION_SYSTEM_BETA in _betas(request)
+        )
         try:
             _validate(body, check, count=count)
         except _Reject as exc:
@@ -899,7 +949,8 @@ class FakeAnthropic:
 
     # -- answers -------------------------------------------------------------
     def _answer(self, body: Json) -> Json:
-        messages = body["messages"]
+        # System turns (a beta) steer the model; the turn answered is the last user/assistant one.
+        messages = [m for m in body["messages"] if m["role"] != "system"]
         last = messages[-1]
         last_blocks = [] if isinstance(last["content"], str) else last["content"]
         has_results = any(b["type"] == "tool_result" for b in last_blocks)
@@ -961,7 +1012,8 @@ class FakeAnthropic:
         config = body.get("thinking") or {}
         if config.get("type") not in _THINKING_ON:
             return []
-        seed = _text_of(body["messages"][-1]["content"]) or "something without text"
+        turns = [m for m in body["messages"] if m["role"] != "system"]
+        seed = _text_of(turns[-1]["content"]) or "something without text"
         text = (
             ""
             if config.get("display") == "omitted"
@@ -978,7 +1030,12 @@ class FakeAnthropic:
             chosen = [t for t in tools if t["name"] == choice["name"]]
         else:
             many = 1 if choice.get("disable_parallel_tool_use") else self.tool_calls_per_turn
-            chosen = tools[:many]
+            pool = (
+                tools
+                if self.tool_names is None
+                else [t for name in self.tool_names for t in tools if t["name"] == name]
+            )
+            chosen = pool[:many]
         if not chosen:  # a forced server tool: the fake does not run those
             return []
         blocks: list[Json] = [
