@@ -1,4 +1,4 @@
-"""The backends a Messages client reaches through Axione, each over its strict fake.
+"""The backends a Messages or Responses client reaches through Axione, over strict fakes.
 
 `anthropic` is passed through (the fake speaks Messages itself); `openai`,
 `gemini` and `demo` are translated through the hub. `gateway()` builds the
@@ -72,8 +72,12 @@ class Backend:
                 "anthropic", config, api_key=ANTHROPIC_KEY, transport=transport
             )
         if self.kind == "openai":
+            # The chat-only fake: Responses requests are translated to chat completions.
             config = ProviderConfig(
-                kind="openai", base_url="http://openai.test/v1", models={"gpt-4o": "gpt-4o"}
+                kind="openai",
+                base_url="http://openai.test/v1",
+                models={"gpt-4o": "gpt-4o"},
+                responses="translate",
             )
             return OpenAIProvider("openai", config, api_key=FAKE_OPENAI_KEY, transport=transport)
         config = ProviderConfig(
