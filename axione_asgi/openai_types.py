@@ -188,6 +188,9 @@ class ChatCompletionRequest(_Open):
     # Reasoning asked for in another dialect (Anthropic `thinking`); each
     # provider sends it in its own form, never as this field.
     reasoning: Reasoning | None = Field(default=None, exclude=True)
+    # A web search tool asked in another dialect (Responses `web_search`): the
+    # providers whose upstream has its own search tool send it (`searches_web`).
+    web_search: bool = Field(default=False, exclude=True)
 
     @property
     def output_cap(self) -> int | None:

@@ -330,3 +330,20 @@ async def test_a_responses_request_is_ledgered_with_its_dialect() -> None:
         records = gw.inner.runtime.quota.ledger.records()
     assert [r.dialect for r in records] == ["openai-responses"]
     assert records[0].prompt_tokens > 0 and records[0].status == 200
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini"])
+async def test_web_search_goes_to_the_backends_own_search_tool(kind: str) -> None:
+    backend = new_backend(kind)
+    async with gateway(backend) as gw:
+        raw = await sdk(gw).responses.with_raw_response.create(
+            model=backend.model, input="News today?", tools=[{"type": "web_search"}]
+        )
+    assert "x-axione-ignored-tools" not in raw.headers
+    if kind == "anthropic":
+        assert backend.fake.last_request["tools"] == [
+            {"type": "web_search_20250305", "name": "web_search"}
+        ]
+    else:
+        assert backend.fake.last_body["tools"] == [{"googleSearch": {}}]
+    assert raw.parse().output_text == "News today?"

@@ -43,6 +43,7 @@ from axione_asgi.ingress.responses_format import (
     status_of,
     to_chat,
     usage_object,
+    wants_web_search,
 )
 from axione_asgi.openai_types import ChatCompletionRequest, new_id, now
 from axione_asgi.providers.base import ModelRoute, NativeProvider
@@ -260,7 +261,15 @@ class OpenAIResponsesIngress:
 
     @staticmethod
     def _headers(call: _Call) -> dict[str, str]:
-        return {IGNORED_TOOLS_HEADER: ",".join(call.ignored)} if call.ignored else {}
+        ignored = list(call.ignored)
+        answered_by = call.exchange.route
+        if (
+            _native(answered_by) is None
+            and wants_web_search(call.body.get("tools"))
+            and not getattr(answered_by.provider, "searches_web", False)
+        ):
+            ignored.insert(0, "web_search")  # this backend has no search tool of its own
+        return {IGNORED_TOOLS_HEADER: ",".join(ignored)} if ignored else {}
 
     async def _keep(self, call: _Call, key_id: str, response: Json, native: bool) -> None:
         if call.body.get("store") is False or not isinstance(response.get("id"), str):

@@ -13,8 +13,10 @@ the two APIs differ:
 - `reasoning` items carry state only their issuer can read: toward other
   backends they are dropped, never a 400. Reasoning text that comes back
   becomes a `reasoning` item with a summary.
-- Built-in tools: `web_search` (and tools of types this gateway does not
-  know) are left out and named in `x-axione-ignored-tools`; tools that need
+- Built-in tools: `web_search` becomes the backend's own search tool where
+  it has one (Anthropic's web search, Gemini's Google Search), and is left
+  out and named in `x-axione-ignored-tools` elsewhere, as are tools of types
+  this gateway does not know; tools that need
   state the gateway does not hold (`file_search`, `code_interpreter`,
   `computer_use`) are a 400 naming the tool.
 - `text.format` becomes `response_format`; `max_output_tokens` the output
@@ -52,6 +54,8 @@ Json = dict[str, Any]
 
 DIALECT = "openai-responses"
 
+# The built-in search tool; a backend's own search tool serves it where there is one.
+_WEB_SEARCH = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26"})
 # Built-in tools that need state the gateway does not hold: refused by name.
 _STATEFUL_TOOLS = frozenset(
     {"file_search", "code_interpreter", "computer_use", "computer_use_preview"}
@@ -224,8 +228,18 @@ def _messages(items: list[Json], instructions: Any) -> list[Json]:
     return [{k: v for k, v in m.items() if k != "_closed"} for m in talk.messages]
 
 
+def wants_web_search(tools: Any) -> bool:
+    """Whether the request offers the built-in web search tool."""
+    return isinstance(tools, list) and any(
+        isinstance(t, dict) and t.get("type") in _WEB_SEARCH for t in tools
+    )
+
+
 def _tools(tools: Any) -> tuple[list[Json], list[str], set[str]]:
-    """Hub tools, the names left out, and the names of custom (free-form) tools."""
+    """Hub tools, the names left out, and the names of custom (free-form) tools.
+
+    The web search tool is neither: it becomes the hub's `web_search`.
+    """
     if tools is None:
         return [], [], set()
     if not isinstance(tools, list):
@@ -245,6 +259,8 @@ def _tools(tools: Any) -> tuple[list[Json], list[str], set[str]]:
                 code="unsupported_tool",
             )
         name = tool.get("name")
+        if kind in _WEB_SEARCH:
+            continue
         if kind == "function":
             if not isinstance(name, str) or not name:
                 raise _fail("A function tool needs a 'name'", f"tools[{j}].name")
@@ -319,6 +335,8 @@ def to_chat(
         raise _fail("'input' must hold at least one message", "input")
     tools, ignored, custom = _tools(body.get("tools"))
     chat: Json = {"model": public_model, "messages": messages}
+    if wants_web_search(body.get("tools")):
+        chat["web_search"] = True
     if tools:
         chat["tools"] = tools
         choice = _tool_choice(body.get("tool_choice"))

@@ -55,6 +55,9 @@ ANTHROPIC_VERSION = "2023-06-01"
 MESSAGES_DIALECT = "anthropic-messages"
 """The client dialect this provider's upstream speaks, for pass-through."""
 
+WEB_SEARCH_TOOL = {"type": "web_search_20250305", "name": "web_search"}
+"""Anthropic's server-side web search tool, for a client that asks for web search."""
+
 _NATIVE_PATHS = {"messages": "/v1/messages", "count_tokens": "/v1/messages/count_tokens"}
 
 Json = dict[str, Any]
@@ -416,6 +419,9 @@ def translate_request(
     stops = [s for s in request.stop_sequences if s.strip()]
     if stops:
         body["stop_sequences"] = stops
+    if request.web_search:
+        # Anthropic's own server-side search tool serves a client's web search.
+        body.setdefault("tools", []).append(dict(WEB_SEARCH_TOOL))
     if request.user:
         body["metadata"] = {"user_id": request.user}
     if stream:
@@ -643,6 +649,9 @@ class AnthropicProvider(HTTPProvider):
 
     See `translate_request` for how OpenAI fields map where the APIs differ.
     """
+
+    #: Anthropic has a web search tool of its own (`web_search_20250305`).
+    searches_web = True
 
     def auth_headers(self) -> dict[str, str]:
         """`x-api-key` and the pinned `anthropic-version`; config headers (betas) add to them."""

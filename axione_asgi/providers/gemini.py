@@ -224,6 +224,9 @@ def to_gemini(request: ChatCompletionRequest, upstream_model: str = "") -> JSON:
         ]
         if request.tool_choice is not None:
             body["toolConfig"] = {"functionCallingConfig": _calling_config(request.tool_choice)}
+    if request.web_search:
+        # Gemini's own Google Search grounding serves a client's web search.
+        body.setdefault("tools", []).append({"googleSearch": {}})
     config = _generation_config(request)
     if config:
         body["generationConfig"] = config
@@ -702,6 +705,9 @@ class GeminiProvider(HTTPProvider):
     The key travels in a header only, never in a URL, so it cannot appear in
     httpx's error messages or logs of URLs.
     """
+
+    #: Gemini grounds answers with Google Search, its own search tool.
+    searches_web = True
 
     def auth_headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self.api_key} if self.api_key else {}
