@@ -108,6 +108,9 @@ class ChatMessage(_Open):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    # An assistant turn's reasoning as its vendor must see it again (Anthropic's
+    # signed thinking blocks), opaque to everyone else: see `ResponseMessage`.
+    reasoning_state: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _check_role_fields(self) -> ChatMessage:
@@ -223,6 +226,10 @@ class ResponseMessage(_Open):
     refusal: str | None = None
     # The model's visible reasoning, as OpenAI-compatible servers name it.
     reasoning_content: str | None = None
+    # What its vendor needs to see of that reasoning again on the next turn
+    # (Anthropic's signed thinking blocks), opaque: a dialect that can carry
+    # it (Responses' `encrypted_content`) gives it back on `ChatMessage`.
+    reasoning_state: str | None = Field(default=None, exclude=True)
 
 
 class Choice(_Open):
@@ -275,6 +282,7 @@ class Delta(_Open):
     tool_calls: list[DeltaToolCall] | None = None
     refusal: str | None = None
     reasoning_content: str | None = None
+    reasoning_state: str | None = Field(default=None, exclude=True)
 
 
 class ChunkChoice(_Open):

@@ -347,3 +347,65 @@ async def test_web_search_goes_to_the_backends_own_search_tool(kind: str) -> Non
     else:
         assert backend.fake.last_body["tools"] == [{"googleSearch": {}}]
     assert raw.parse().output_text == "News today?"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_stateless_client_gets_anthropic_thinking_back_through_encrypted_content(
+    streamed: bool,
+) -> None:
+    backend = new_backend("anthropic")
+    options: dict[str, Any] = {
+        "model": backend.model,
+        "tools": [WEATHER],
+        "reasoning": {"effort": "low"},
+        "store": False,
+        "include": ["reasoning.encrypted_content"],
+    }
+    async with gateway(backend) as gw:
+        client = sdk(gw)
+
+        async def ask(items: Any) -> Any:
+            if not streamed:
+                return await client.responses.create(input=items, **options)
+            async with client.responses.stream(input=items, **options) as stream:
+                return await stream.get_final_response()
+
+        question = [{"role": "user", "content": "Weather in Lima?"}]
+        first = await ask(question)
+        reasoning = [item for item in first.output if item.type == "reasoning"]
+        assert reasoning and reasoning[0].encrypted_content
+        assert reasoning[0].summary[0].text  # the thinking text, as a summary
+        call = next(item for item in first.output if item.type == "function_call")
+        second = await ask(
+            [
+                *question,
+                *(item.model_dump(exclude_none=True) for item in first.output),
+                {"type": "function_call_output", "call_id": call.call_id, "output": "cloudy"},
+            ]
+        )
+    assert "cloudy" in second.output_text
+    sent = backend.fake.last_request
+    assert sent["thinking"]["type"] == "enabled"
+    assert sent["messages"][1]["content"][0]["type"] == "thinking"
+    assert backend.fake.verified_signatures >= 1  # Anthropic's own signature, replayed intact
+
+
+async def test_reasoning_state_from_anthropic_is_dropped_toward_another_backend() -> None:
+    backend = new_backend("gemini")
+    async with gateway(backend) as gw:
+        response = await sdk(gw).responses.create(
+            model=backend.model,
+            input=[
+                {"role": "user", "content": "First"},
+                {
+                    "type": "reasoning",
+                    "id": "rs_1",
+                    "summary": [],
+                    "encrypted_content": "anthropic:W10=",
+                },
+                {"role": "assistant", "content": "Answer one"},
+                {"role": "user", "content": "Second"},
+            ],
+        )
+    assert response.output_text == "Second"
+    assert [c["role"] for c in backend.fake.last_body["contents"]] == ["user", "model", "user"]

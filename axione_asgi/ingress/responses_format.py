@@ -10,9 +10,11 @@ the two APIs differ:
 - `custom` tools (free-form input, as Codex's `apply_patch`) become
   functions taking one string argument, `input`; their calls come back as
   `custom_tool_call` items with that string.
-- `reasoning` items carry state only their issuer can read: toward other
-  backends they are dropped, never a 400. Reasoning text that comes back
-  becomes a `reasoning` item with a summary.
+- `reasoning` items carry state only their issuer can read. The gateway
+  writes a backend's own (Anthropic's signed thinking) into
+  `encrypted_content`, and gives it back to that backend when a stateless
+  client (Codex) returns the item; any other backend drops it, never a 400.
+  Reasoning text that comes back becomes a `reasoning` item's summary.
 - Built-in tools: `web_search` becomes the backend's own search tool where
   it has one (Anthropic's web search, Gemini's Google Search), and is left
   out and named in `x-axione-ignored-tools` elsewhere, as are tools of types
@@ -184,6 +186,10 @@ class _Conversation:
         else:
             self.messages.append({"role": role, "content": content})
 
+    def reason(self, state: str) -> None:
+        """A reasoning item's opaque state: it opens the assistant turn it belongs to."""
+        self.messages.append({"role": "assistant", "content": None, "reasoning_state": state})
+
     def call(self, call_id: str, name: str, arguments: str) -> None:
         message = self._assistant()
         message.setdefault("tool_calls", []).append(
@@ -224,8 +230,17 @@ def _messages(items: list[Json], instructions: Any) -> list[Json]:
             if not isinstance(call_id, str):
                 raise _fail("A tool call output needs 'call_id'", f"{where}.call_id")
             talk.result(call_id, _output_text(item.get("output", "")))
-        # reasoning, item_reference and others: state the backend cannot use.
-    return [{k: v for k, v in m.items() if k != "_closed"} for m in talk.messages]
+        elif kind == "reasoning":
+            state = item.get("encrypted_content")
+            if isinstance(state, str) and state:
+                talk.reason(state)  # the backend that wrote it reads it; others drop it
+        # item_reference and others: state the backend cannot use.
+    # A reasoning item followed by nothing of its turn carries nothing to send.
+    return [
+        {k: v for k, v in m.items() if k != "_closed"}
+        for m in talk.messages
+        if m["role"] != "assistant" or m.get("content") is not None or m.get("tool_calls")
+    ]
 
 
 def wants_web_search(tools: Any) -> bool:
@@ -396,12 +411,16 @@ def _item_id(prefix: str) -> str:
     return f"{prefix}_{new_id('')[1:]}"
 
 
-def reasoning_item(text: str, item_id: str | None = None) -> Json:
-    return {
+def reasoning_item(text: str, item_id: str | None = None, state: str | None = None) -> Json:
+    """A reasoning item; `state` (the backend's own, opaque) travels as `encrypted_content`."""
+    item: Json = {
         "id": item_id or _item_id("rs"),
         "type": "reasoning",
         "summary": [{"type": "summary_text", "text": text}] if text else [],
     }
+    if state:
+        item["encrypted_content"] = state
+    return item
 
 
 def message_item(text: str, item_id: str | None = None, status: str = "completed") -> Json:
@@ -447,8 +466,10 @@ def output_of(completion: ChatCompletion, custom: set[str]) -> tuple[list[Json],
     choice = completion.choices[0]
     message = choice.message
     output: list[Json] = []
-    if message.reasoning_content:
-        output.append(reasoning_item(message.reasoning_content))
+    if message.reasoning_content or message.reasoning_state:
+        output.append(
+            reasoning_item(message.reasoning_content or "", None, message.reasoning_state)
+        )
     if message.content or not message.tool_calls:
         output.append(message_item(message.content or ""))
     for call in message.tool_calls or ():
@@ -517,6 +538,7 @@ class ResponsesStreamWriter:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.final: Json | None = None  # the response as it ended, for the store
+        self.state: str | None = None  # the open reasoning item's opaque state
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -593,7 +615,8 @@ class ResponsesStreamWriter:
                     part=part,
                 )
             )
-            item = reasoning_item(self.text, item["id"])
+            item = reasoning_item(self.text, item["id"], self.state)
+            self.state = None
         else:
             arguments = item["_arguments"]
             out.append(
@@ -653,6 +676,12 @@ class ResponsesStreamWriter:
                 if choice.index != 0:
                     continue
                 delta = choice.delta
+                if delta.reasoning_state:
+                    if self.open is None or self.open["type"] != "reasoning":
+                        out += self._open(
+                            {"id": _item_id("rs"), "type": "reasoning", "summary": []}
+                        )
+                    self.state = delta.reasoning_state
                 if delta.reasoning_content:
                     if self.open is None or self.open["type"] != "reasoning":
                         out += self._open(

@@ -45,6 +45,8 @@ __all__ = [
     "ANTHROPIC_VERSION",
     "MESSAGES_DIALECT",
     "AnthropicProvider",
+    "decode_thinking",
+    "encode_thinking",
     "translate_request",
     "translate_response",
 ]
@@ -222,7 +224,9 @@ def _turns(request: ChatCompletionRequest) -> tuple[list[Json], list[Json]]:
             role, blocks = "user", _content_blocks(message.content, param, images=True)
         elif message.role == "assistant":
             role = "assistant"
-            blocks = _content_blocks(message.content, param, images=False)
+            # Its own signed thinking first, as Anthropic wants it replayed.
+            blocks = decode_thinking(message.reasoning_state)
+            blocks += _content_blocks(message.content, param, images=False)
             blocks += _tool_use_blocks(message, i)
         elif message.role == "tool":
             role, blocks = "user", [_tool_result_block(message, i)]
@@ -293,6 +297,77 @@ def _check_tool_pairing(turns: list[Json]) -> None:
                     "of the preceding assistant message",
                     param="messages",
                 )
+
+
+_STATE_PREFIX = "anthropic:"
+_THINKING_KINDS = ("thinking", "redacted_thinking")
+# Thinking budgets for a reasoning effort asked without one.
+_THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 4096, "high": 16384}
+_MIN_THINKING_BUDGET = 1024
+
+
+def encode_thinking(blocks: list[Json]) -> str | None:
+    """Signed thinking blocks as the hub's opaque `reasoning_state`, or None if there are none."""
+    kept = [b for b in blocks if b.get("type") in _THINKING_KINDS]
+    if not kept:
+        return None
+    raw = json.dumps(kept, ensure_ascii=False, separators=(",", ":")).encode()
+    return _STATE_PREFIX + base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def decode_thinking(state: str | None) -> list[Json]:
+    """The thinking blocks in a `reasoning_state` this provider wrote; [] for any other."""
+    if not state or not state.startswith(_STATE_PREFIX):
+        return []  # another vendor's state: only its issuer can read it
+    try:
+        blocks = json.loads(base64.urlsafe_b64decode(state[len(_STATE_PREFIX) :]))
+    except (ValueError, binascii.Error):
+        return []
+    if not isinstance(blocks, list):
+        return []
+    return [b for b in blocks if isinstance(b, dict) and b.get("type") in _THINKING_KINDS]
+
+
+def _thinking(request: ChatCompletionRequest, body: Json, client_cap: int | None) -> None:
+    """Anthropic's `thinking` for the hub's reasoning, where the request allows it.
+
+    Anthropic wants the budget below `max_tokens`, no `temperature` but 1 nor
+    `top_p` under 0.95, no forced tool, and an assistant turn that called
+    tools to replay its own thinking first: a request that cannot be all that
+    is sent without thinking rather than refused.
+    """
+    reasoning = request.reasoning
+    if reasoning is None:
+        return
+    turns = body["messages"]
+    last_assistant = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
+    if last_assistant is not None:
+        blocks = last_assistant["content"]
+        calls = any(b["type"] == "tool_use" for b in blocks)
+        if calls and blocks[0]["type"] not in _THINKING_KINDS:
+            return  # its thinking was not kept (another vendor's turn, a stateless client)
+    budget = reasoning.budget_tokens or _THINKING_BUDGETS.get(reasoning.effort or "medium", 4096)
+    budget = max(budget, _MIN_THINKING_BUDGET)
+    if client_cap is None:
+        body["max_tokens"] = body["max_tokens"] + budget
+    elif budget >= client_cap:
+        budget = client_cap - 1
+        if budget < _MIN_THINKING_BUDGET:
+            return
+    body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    body.pop("temperature", None)
+    if body.get("top_p", 1.0) < 0.95:
+        body.pop("top_p")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        body["tool_choice"] = {
+            "type": "auto",
+            **(
+                {"disable_parallel_tool_use": True}
+                if choice.get("disable_parallel_tool_use")
+                else {}
+            ),
+        }
 
 
 def _tools(request: ChatCompletionRequest) -> list[Json]:
@@ -424,6 +499,7 @@ def translate_request(
         body.setdefault("tools", []).append(dict(WEB_SEARCH_TOOL))
     if request.user:
         body["metadata"] = {"user_id": request.user}
+    _thinking(request, body, request.output_cap)
     if stream:
         body["stream"] = True
     return body
@@ -458,11 +534,14 @@ def translate_response(data: Any) -> ChatCompletion:
     if not isinstance(data, dict) or not isinstance(data.get("content"), list):
         raise ValueError("not a message")
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[ToolCall] = []
     for block in data["content"]:
         if not isinstance(block, dict):
             raise ValueError("content block is not an object")
-        if block.get("type") == "text":
+        if block.get("type") == "thinking":
+            thoughts.append(str(block.get("thinking", "")))
+        elif block.get("type") == "text":
             texts.append(str(block.get("text", "")))
         elif block.get("type") == "tool_use":
             calls.append(
@@ -474,9 +553,14 @@ def translate_response(data: Any) -> ChatCompletion:
                     ),
                 )
             )
-        # Other blocks (thinking, server tools) have no OpenAI equivalent.
+        # Other blocks (server tools and their results) have no OpenAI equivalent.
     text = "".join(texts)
-    message = ResponseMessage(content=text if text or not calls else None, tool_calls=calls or None)
+    message = ResponseMessage(
+        content=text if text or not calls else None,
+        tool_calls=calls or None,
+        reasoning_content="".join(thoughts) or None,
+        reasoning_state=encode_thinking(data["content"]),
+    )
     usage = data.get("usage")
     prompt, completion = _usage(usage) if isinstance(usage, dict) else (0, 0)
     return ChatCompletion(
@@ -539,6 +623,9 @@ class _StreamTranslator:
         self.usage: Json = {}
         # Content block index -> [tool call index, whether arguments were sent].
         self.tools: dict[int, list[Any]] = {}
+        # Thinking blocks as they stream (index -> block), and those complete.
+        self.thinking: dict[int, Json] = {}
+        self.thought: list[Json] = []
 
     def _chunk(self, delta: Delta, finish_reason: str | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(
@@ -588,6 +675,9 @@ class _StreamTranslator:
 
     def _on_content_block_start(self, data: Json) -> list[ChatCompletionChunk]:
         block = data.get("content_block") or {}
+        if block.get("type") in _THINKING_KINDS:
+            self.thinking[int(data.get("index", -1))] = dict(block)
+            return []
         if block.get("type") == "text" and block.get("text"):
             return [self._chunk(Delta(content=block["text"]))]
         if block.get("type") != "tool_use":
@@ -617,9 +707,21 @@ class _StreamTranslator:
                 return []
             tool[1] = True
             return [self._tool_delta(tool[0], function=DeltaFunction(arguments=fragment))]
-        return []  # thinking, signature and citation deltas have no OpenAI form
+        thinking = self.thinking.get(int(data.get("index", -1)))
+        if thinking is not None and delta.get("type") == "thinking_delta":
+            text = delta.get("thinking") or ""
+            thinking["thinking"] = thinking.get("thinking", "") + text
+            return [self._chunk(Delta(reasoning_content=text))] if text else []
+        if thinking is not None and delta.get("type") == "signature_delta":
+            thinking["signature"] = thinking.get("signature", "") + (delta.get("signature") or "")
+        return []  # citation deltas have no OpenAI form
 
     def _on_content_block_stop(self, data: Json) -> list[ChatCompletionChunk]:
+        thinking = self.thinking.pop(int(data.get("index", -1)), None)
+        if thinking is not None:
+            # Each signed block, once whole: the state its next turn must replay.
+            self.thought.append(thinking)
+            return [self._chunk(Delta(reasoning_state=encode_thinking(self.thought)))]
         tool = self.tools.get(int(data.get("index", -1)))
         if tool is None or tool[1]:
             return []
