@@ -31,6 +31,7 @@ from tests.fakes.anthropic_fake import FakeAnthropic
 from tests.fakes.gemini_fake import FAKE_KEY as GEMINI_KEY
 from tests.fakes.gemini_fake import GeminiFake
 from tests.fakes.openai_fake import FAKE_OPENAI_KEY, FakeOpenAI
+from tests.fakes.openai_responses_fake import FAKE_RESPONSES_KEY, FakeOpenAIResponses
 
 __all__ = ["BACKENDS", "Backend", "Gateway", "gateway", "new_backend"]
 
@@ -54,6 +55,7 @@ class Backend:
         return {
             "anthropic": "anthropic/claude-sonnet-4-5",
             "openai": "openai/gpt-4o",
+            "openai-native": "openai-native/gpt-5",
             "gemini": "gemini/gemini-flash",
             "demo": "demo/echo",
         }[self.kind]
@@ -70,6 +72,16 @@ class Backend:
             )
             return AnthropicProvider(
                 "anthropic", config, api_key=ANTHROPIC_KEY, transport=transport
+            )
+        if self.kind == "openai-native":
+            # OpenAI's own /responses: Responses requests pass through.
+            config = ProviderConfig(
+                kind="openai",
+                base_url="http://openai.test/v1",
+                models={"gpt-5": "gpt-5-2025-08-07"},
+            )
+            return OpenAIProvider(
+                "openai-native", config, api_key=FAKE_RESPONSES_KEY, transport=transport
             )
         if self.kind == "openai":
             # The chat-only fake: Responses requests are translated to chat completions.
@@ -89,7 +101,12 @@ class Backend:
 
 
 def new_backend(kind: str) -> Backend:
-    fakes = {"anthropic": FakeAnthropic, "openai": FakeOpenAI, "gemini": GeminiFake}
+    fakes = {
+        "anthropic": FakeAnthropic,
+        "openai": FakeOpenAI,
+        "openai-native": FakeOpenAIResponses,
+        "gemini": GeminiFake,
+    }
     return Backend(kind, fakes[kind]() if kind in fakes else None)
 
 

@@ -409,3 +409,66 @@ async def test_reasoning_state_from_anthropic_is_dropped_toward_another_backend(
         )
     assert response.output_text == "Second"
     assert [c["role"] for c in backend.fake.last_body["contents"]] == ["user", "model", "user"]
+
+
+# -- pass-through to OpenAI's own /responses ------------------------------------------
+async def test_pass_through_forwards_the_body_as_sent_and_answers_it_as_written() -> None:
+    backend = new_backend("openai-native")
+    body = {
+        "model": "openai-native/gpt-5",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "Pass me"}]}],
+        "reasoning": {"effort": "low", "summary": "auto"},
+        "include": ["reasoning.encrypted_content"],
+        "store": False,
+        "tools": [{"type": "web_search"}],
+        "prompt_cache_key": "abc",
+    }
+    async with gateway(backend) as gw, gw.http() as http:
+        answer = await http.post(
+            "/v1/responses", json=body, headers={"authorization": f"Bearer {gw.key}"}
+        )
+    assert answer.status_code == 200, answer.text
+    assert backend.fake.last_request == {**body, "model": "gpt-5-2025-08-07"}
+    assert gw.key not in json.dumps(backend.fake.request_headers[-1])
+    got = answer.json()
+    assert got["model"] == "openai-native/gpt-5"
+    assert "x-axione-ignored-tools" not in answer.headers  # OpenAI runs its own tools
+    assert {k: v for k, v in got.items() if k != "model"} == {
+        k: v for k, v in backend.fake.answers[-1].items() if k != "model"
+    }
+
+
+async def test_pass_through_stream_relays_the_upstreams_events_but_model() -> None:
+    backend = new_backend("openai-native")
+    async with gateway(backend) as gw:
+        async with sdk(gw).responses.stream(model="openai-native/gpt-5", input="Relay us") as s:
+            events = [event async for event in s]
+            final = await s.get_final_response()
+    assert final.output_text == "Relay us" and final.model == "openai-native/gpt-5"
+    assert events[-1].type == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+async def test_pass_through_errors_come_back_with_the_upstreams_own_status_and_words() -> None:
+    backend = new_backend("openai-native")
+    async with gateway(backend) as gw:
+        with pytest.raises(openai.BadRequestError) as bad:
+            await sdk(gw).responses.create(
+                model="openai-native/gpt-5", input="x", extra_body={"bogus_field": 1}
+            )
+    assert bad.value.code == "unknown_parameter"
+    assert "bogus_field" in bad.value.message
+
+
+async def test_a_conversation_can_move_from_a_translated_backend_to_openai() -> None:
+    backend = new_backend("openai-native")
+    async with gateway(backend) as gw:
+        client = sdk(gw)
+        first = await client.responses.create(model="demo/echo", input="Start on demo")
+        second = await client.responses.create(
+            model="openai-native/gpt-5", input="Go on at OpenAI", previous_response_id=first.id
+        )
+    assert second.output_text == "Go on at OpenAI"
+    sent = backend.fake.last_request
+    assert "previous_response_id" not in sent  # OpenAI never saw the first turn
+    assert [item.get("role") for item in sent["input"]] == ["user", "assistant", "user"]
