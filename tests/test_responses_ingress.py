@@ -440,10 +440,12 @@ async def test_pass_through_forwards_the_body_as_sent_and_answers_it_as_written(
 
 async def test_pass_through_stream_relays_the_upstreams_events_but_model() -> None:
     backend = new_backend("openai-native")
-    async with gateway(backend) as gw:
-        async with sdk(gw).responses.stream(model="openai-native/gpt-5", input="Relay us") as s:
-            events = [event async for event in s]
-            final = await s.get_final_response()
+    async with (
+        gateway(backend) as gw,
+        sdk(gw).responses.stream(model="openai-native/gpt-5", input="Relay us") as s,
+    ):
+        events = [event async for event in s]
+        final = await s.get_final_response()
     assert final.output_text == "Relay us" and final.model == "openai-native/gpt-5"
     assert events[-1].type == "response.completed"
     assert [e.sequence_number for e in events] == list(range(len(events)))
