@@ -40,9 +40,18 @@ class QuotaHandle(Protocol):
     """
 
     async def admit(
-        self, *, reserve_tokens: int = 0, model: str | None = None, provider: str | None = None
-    ) -> None:
-        """Count the request and reserve tokens, or raise `RateLimited`."""
+        self,
+        *,
+        reserve_tokens: int = 0,
+        minimum_tokens: int = 0,
+        model: str | None = None,
+        provider: str | None = None,
+    ) -> int:
+        """Count the request and reserve tokens, or raise `RateLimited`.
+
+        Returns the tokens reserved: at most what is left of the day, and a
+        refusal when that is below `minimum_tokens`.
+        """
         ...
 
     def report(

@@ -496,3 +496,57 @@ async def test_failure_knobs() -> None:
     fake.cut_stream_after = 3
     stream = await client.responses.create(model="gpt-4.1", input="a b c d e", stream=True)
     assert len([event async for event in stream]) == 3
+
+
+@pytest.mark.anyio
+async def test_tool_names_and_tool_arguments_knobs() -> None:
+    fake = FakeOpenAIResponses()
+    client = sdk(fake)
+    fake.tool_names = ["get_time"]
+    fake.tool_arguments = '{"zone": "UTC"}'
+    (call,) = (
+        await client.responses.create(model="gpt-4.1", input="hi", tools=[WEATHER, TIME])
+    ).output
+    assert (call.name, call.arguments) == ("get_time", '{"zone": "UTC"}')  # type: ignore[union-attr]
+    fake.tool_names = []
+    text = await client.responses.create(model="gpt-4.1", input="hi", tools=[WEATHER, TIME])
+    assert text.output_text == "hi"
+    # A forced choice wins over the names.
+    forced = await client.responses.create(
+        model="gpt-4.1",
+        input="hi",
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "function", "name": "get_weather"},
+    )
+    assert [item.name for item in forced.output] == ["get_weather"]  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_namespace_tools_and_client_metadata_as_codex_sends_them() -> None:
+    fake = FakeOpenAIResponses()
+    namespace = {
+        "type": "namespace",
+        "name": "multi_agent_v1",
+        "description": "Tools for sub-agents.",
+        "tools": [{**WEATHER, "strict": False}],
+    }
+    body = {
+        "model": "gpt-4.1",
+        "input": "hi",
+        "tools": [TIME, namespace],
+        "client_metadata": {"session_id": "abc"},
+    }
+    answer = await post(fake, body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["tools"][1]["tools"][0]["name"] == "get_weather"
+    # The functions inside a namespace are checked like any other; nothing else nests.
+    bad = {**namespace, "tools": [{"type": "function", "name": "f"}]}
+    answer = await post(fake, {**body, "tools": [bad]})
+    assert answer.json()["error"]["param"] == "tools[0].tools[0].parameters"
+    bad = {**namespace, "tools": [{"type": "web_search"}]}
+    answer = await post(fake, {**body, "tools": [bad]})
+    assert answer.json()["error"]["param"] == "tools[0].tools[0].type"
+    answer = await post(fake, {**body, "tools": [{**namespace, "extra": 1}]})
+    assert answer.json()["error"]["code"] == "unknown_parameter"
+    answer = await post(fake, {**body, "client_metadata": {"n": 1}})
+    assert answer.json()["error"]["param"] == "client_metadata.n"

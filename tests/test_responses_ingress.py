@@ -474,3 +474,13 @@ async def test_a_conversation_can_move_from_a_translated_backend_to_openai() -> 
     sent = backend.fake.last_request
     assert "previous_response_id" not in sent  # OpenAI never saw the first turn
     assert [item.get("role") for item in sent["input"]] == ["user", "assistant", "user"]
+
+
+async def test_codexs_session_header_is_kept_in_the_ledger() -> None:
+    async with gateway(new_backend("demo")) as gw:
+        await sdk(gw).responses.create(
+            model="demo/echo", input="count", extra_headers={"session-id": "codex-session-9"}
+        )
+        await gw.inner.runtime.quota.stop()
+        records = gw.inner.runtime.quota.ledger.records()
+    assert [r.session_id for r in records] == ["codex-session-9"]

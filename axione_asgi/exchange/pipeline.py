@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope
 from axione_asgi.cache import ChatCache
 from axione_asgi.config import AxioneConfig
 from axione_asgi.errors import AxioneError, ModelNotAllowed, UpstreamTimeout
-from axione_asgi.exchange.estimate import DEFAULT_OUTPUT_RESERVE
+from axione_asgi.exchange.estimate import DEFAULT_OUTPUT_RESERVE, MINIMAL_ANSWER_TOKENS
 from axione_asgi.keys import KeyRecord
 from axione_asgi.observability.context import upstream_call
 from axione_asgi.openai_types import (
@@ -79,14 +79,28 @@ class Exchange:
         self.prompt_estimate = prompt_estimate
         self.quota: QuotaHandle | None = quota_of(scope)
 
-    async def admit(self, output_cap: int | None) -> None:
-        """Count the request and reserve the estimate plus the output cap."""
-        if self.quota is not None:
-            await self.quota.admit(
-                reserve_tokens=self.prompt_estimate + (output_cap or DEFAULT_OUTPUT_RESERVE),
-                model=self.primary.public_id,
-                provider=self.primary.provider_name,
-            )
+    async def admit(self, output_cap: int | None, choices: int = 1) -> int | None:
+        """Count the request and reserve the estimate plus every choice's output cap.
+
+        Returns a smaller output cap to send upstream, per choice, when the
+        day has less left than the client's cap (or, without one, than the
+        default reservation), so that no answer can pass the daily token
+        limit (SPEC 3); None when the request may go as it is. A day that
+        cannot hold the prompt and a short answer refuses the request (429).
+        """
+        if self.quota is None:
+            return None
+        choices = max(1, choices)
+        wanted = output_cap or DEFAULT_OUTPUT_RESERVE
+        prompt = self.prompt_estimate
+        granted = await self.quota.admit(
+            reserve_tokens=prompt + choices * wanted,
+            minimum_tokens=prompt + choices * MINIMAL_ANSWER_TOKENS,
+            model=self.primary.public_id,
+            provider=self.primary.provider_name,
+        )
+        allowed = max(MINIMAL_ANSWER_TOKENS, (granted - prompt) // choices)
+        return allowed if allowed < wanted else None
 
     def model_name(self, asked: str) -> str:
         """The `model` an answer names: what the client asked, or the fallback that answered."""
@@ -162,10 +176,21 @@ class Pipeline:
         return routes
 
     def open(
-        self, scope: Scope, receive: Receive, names: Iterable[str], prompt_estimate: int
+        self,
+        scope: Scope,
+        receive: Receive,
+        names: Iterable[str],
+        prompt_estimate: int | Callable[[str], int],
     ) -> Exchange:
-        """An exchange for a request naming `names` (its model first)."""
-        return Exchange(scope, receive, self.candidates(names, key_of(scope)), prompt_estimate)
+        """An exchange for a request naming `names` (its model first).
+
+        `prompt_estimate` may depend on the kind of provider the request goes
+        to first (images are priced differently): a function of that kind.
+        """
+        candidates = self.candidates(names, key_of(scope))
+        if callable(prompt_estimate):
+            prompt_estimate = prompt_estimate(provider_kind(candidates[0].provider))
+        return Exchange(scope, receive, candidates, prompt_estimate)
 
     # -- the response cache --------------------------------------------------
     def cache_key(
@@ -307,6 +332,13 @@ class Pipeline:
         finally:
             exchange.report_usage(usage, chars_out)
             await _close(batches)
+
+
+def provider_kind(provider: Provider) -> str:
+    """The wire format a provider speaks (`openai`, `anthropic`, ...), `custom` if unknown."""
+    config = getattr(provider, "config", None)
+    kind = getattr(config, "kind", None)
+    return kind if isinstance(kind, str) else "custom"
 
 
 def _batches(provider: Provider, chat: ChatCompletionRequest, model: str) -> AsyncIterator[Batch]:

@@ -190,7 +190,10 @@ class AnthropicMessagesIngress:
             cached = await pipeline.cached(exchange, cache_key)
             if cached is not None:
                 return Response(cached, media_type=JSON, headers={CACHE_HEADER: "hit"})
-        await exchange.admit(data["max_tokens"])
+        cap = await exchange.admit(data["max_tokens"])
+        if cap is not None:
+            # What is left of the day: the upstream may write no more than that.
+            call = _Request({**data, "max_tokens": cap}, exchange, call.forward)
         if data.get("stream"):
             return await self._stream(call)
         answer = await pipeline.complete(exchange, lambda r: self._complete(call, r))

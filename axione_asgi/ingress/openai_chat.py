@@ -234,13 +234,19 @@ class OpenAIChatIngress:
             request.scope,
             request.receive,
             [chat.model, *(chat.models or ())],
-            estimate_prompt_tokens(chat),
+            lambda kind: estimate_prompt_tokens(chat, kind),
         )
         cache_key = pipeline.cache_key(exchange, chat, request.headers)
         cached = await pipeline.cached(exchange, cache_key)
         if cached is not None:
             return Response(cached, media_type=JSON, headers={CACHE_HEADER: "hit"})
-        await exchange.admit(chat.output_cap)
+        cap = await exchange.admit(chat.output_cap, chat.n or 1)
+        if cap is not None:
+            # What is left of the day: the upstream may write no more than that.
+            if chat.max_tokens is not None and chat.max_completion_tokens is None:
+                chat.max_tokens = cap
+            else:
+                chat.max_completion_tokens = cap
         if chat.stream:
             return await self._stream(exchange, chat)
         completion = await pipeline.chat(exchange, chat)

@@ -240,7 +240,10 @@ class OpenAIResponsesIngress:
             cached = await pipeline.cached(exchange, cache_key)
             if cached is not None:
                 return Response(cached, media_type=JSON, headers={CACHE_HEADER: "hit"})
-        await exchange.admit(data.get("max_output_tokens"))
+        cap = await exchange.admit(data.get("max_output_tokens"))
+        if cap is not None:
+            # What is left of the day: the upstream may write no more than that.
+            call = _Call({**data, "max_output_tokens": max(16, cap)}, items, previous, exchange)
         if data.get("stream"):
             return await self._stream(call, key_id)
         answer = await pipeline.complete(exchange, lambda target: self._complete(call, target))

@@ -30,11 +30,18 @@ _LATE_REPORT_WAIT_S = 0.25
 _CLIENT_GONE = 499
 
 
+# The headers that name a client's session: Claude Code's, then Codex's.
+_SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id")
+
+
 def _session_id(scope: Scope) -> str | None:
-    """Claude Code's session id, kept in the ledger so an operator can sum a session."""
-    for name, value in scope["headers"]:
-        if name == b"x-claude-code-session-id":
-            return value.decode("latin-1")[:128] or None
+    """The client's session id, kept in the ledger so an operator can sum a session."""
+    found: dict[bytes, bytes] = {
+        name: value for name, value in scope["headers"] if name in _SESSION_HEADERS
+    }
+    for name in _SESSION_HEADERS:
+        if name in found:
+            return found[name].decode("latin-1")[:128] or None
     return None
 
 
@@ -93,20 +100,32 @@ class _Handle:
         self._reported_event: anyio.Event | None = None
 
     async def admit(
-        self, *, reserve_tokens: int = 0, model: str | None = None, provider: str | None = None
-    ) -> None:
-        if self.admission is not None or self.exempted:
-            return
+        self,
+        *,
+        reserve_tokens: int = 0,
+        minimum_tokens: int = 0,
+        model: str | None = None,
+        provider: str | None = None,
+    ) -> int:
+        if self.exempted:
+            return reserve_tokens
+        if self.admission is not None:
+            return self.admission.reserved
         self.model = model
         self.provider = provider
         try:
             self.admission = await self.service.admit(
-                self.key, reserve_tokens, tier=self.tier, now=self.now
+                self.key,
+                reserve_tokens,
+                minimum_tokens=minimum_tokens,
+                tier=self.tier,
+                now=self.now,
             )
         except QuotaExceeded as exc:
             self.snapshot = exc.snapshot
             raise
         self.snapshot = self.admission.snapshot
+        return self.admission.reserved
 
     def report(
         self,

@@ -206,11 +206,11 @@ class _TappedHandle:
         model: str | None = None,
         provider: str | None = None,
         **extra: Any,
-    ) -> None:
+    ) -> int:
         obs = self._obs
         if model is not None and obs.model is None:
             obs.model, obs.provider = model, provider
-        await self._inner.admit(
+        return await self._inner.admit(
             reserve_tokens=reserve_tokens, model=model, provider=provider, **extra
         )
 

@@ -72,13 +72,21 @@ class DailyCounters:
         self.expiry_s = expiry_s
 
     async def admit(
-        self, key_id: str, day: date, *, request_limit: int, token_limit: int, reserve: int
+        self,
+        key_id: str,
+        day: date,
+        *,
+        request_limit: int,
+        token_limit: int,
+        reserve: int,
+        minimum: int = 0,
     ) -> CounterResult:
         """Count one request and reserve tokens for it, or refuse and leave no trace.
 
         A request is refused when the day already holds `request_limit`
-        requests, or (when it reserves tokens) when the day's tokens, open
-        reservations included, have reached `token_limit`.
+        requests, or (when it reserves tokens) when what is left of the day's
+        tokens, open reservations included, is below `minimum` (or nothing).
+        The reservation granted is at most what is left.
         """
         storage, expiry = self.storage, self.expiry_s
         req_key = _day_key(key_id, day, "req")
@@ -93,7 +101,7 @@ class DailyCounters:
             return CounterResult(Verdict.ADMITTED, requests, await storage.get(tok_key))
         tokens = await storage.incr(tok_key, expiry, reserve)
         before = tokens - reserve
-        if before >= token_limit:
+        if before >= token_limit or token_limit - before < minimum:
             await storage.incr(tok_key, expiry, -reserve)
             await storage.incr(req_key, expiry, -1)
             return CounterResult(Verdict.TOKENS_SPENT, requests - 1, before)
@@ -144,7 +152,7 @@ class DailyCounters:
 
 
 # KEYS: request counter, token counter. ARGV: request limit, token limit,
-# reserve, expiry. Returns {verdict, requests, tokens, reserved} where verdict
+# reserve, expiry, minimum. Returns {verdict, requests, tokens, reserved} where verdict
 # is 0 admitted, 1 requests spent, 2 tokens spent. The same rule as
 # `DailyCounters.admit`, but whole: nothing else runs in between.
 _ADMIT_LUA = """
@@ -155,7 +163,7 @@ if requests >= tonumber(ARGV[1]) then
   return {1, requests, tokens, 0}
 end
 local token_limit = tonumber(ARGV[2])
-if reserve > 0 and tokens >= token_limit then
+if reserve > 0 and (tokens >= token_limit or token_limit - tokens < tonumber(ARGV[5])) then
   return {2, requests, tokens, 0}
 end
 requests = redis.call('INCR', KEYS[1])
@@ -184,14 +192,21 @@ class RedisDailyCounters(DailyCounters):
         self._admit_script: Any = self._client.register_script(_ADMIT_LUA)
 
     async def admit(
-        self, key_id: str, day: date, *, request_limit: int, token_limit: int, reserve: int
+        self,
+        key_id: str,
+        day: date,
+        *,
+        request_limit: int,
+        token_limit: int,
+        reserve: int,
+        minimum: int = 0,
     ) -> CounterResult:
         keys = [
             self._bridge.prefixed_key(_day_key(key_id, day, "req")),
             self._bridge.prefixed_key(_day_key(key_id, day, "tok")),
         ]
         verdict, requests, tokens, reserved = await self._admit_script(
-            keys, [request_limit, token_limit, max(0, reserve), self.expiry_s]
+            keys, [request_limit, token_limit, max(0, reserve), self.expiry_s, max(0, minimum)]
         )
         return CounterResult(_VERDICTS[int(verdict)], int(requests), int(tokens), int(reserved))
 

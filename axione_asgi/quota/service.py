@@ -227,10 +227,15 @@ class QuotaService:
         key: KeyRecord,
         reserve_tokens: int = 0,
         *,
+        minimum_tokens: int = 0,
         tier: int | None = None,
         now: datetime | None = None,
     ) -> Admission:
-        """Count one request and reserve its tokens, or raise `QuotaExceeded`."""
+        """Count one request and reserve its tokens, or raise `QuotaExceeded`.
+
+        The reservation granted (`Admission.reserved`) is at most what is left
+        of the day; a request is refused when that is below `minimum_tokens`.
+        """
         now = now or self.clock()
         if tier is None:
             tier = await self.tier_of(key, now)
@@ -242,6 +247,7 @@ class QuotaService:
             request_limit=limits.requests_per_day,
             token_limit=limits.tokens_per_day,
             reserve=max(0, reserve_tokens),
+            minimum=min(max(0, minimum_tokens), max(0, reserve_tokens)),
         )
         snapshot = Snapshot(tier, limits, day, result.requests, result.tokens)
         if result.verdict is Verdict.ADMITTED:

@@ -4,8 +4,10 @@ Mount it with `httpx.ASGITransport(app=fake)` (`httpx2.ASGITransport` for the
 official SDK). Under `base_path` (default `/v1`) it serves:
 
 - `POST /responses`: validated like the real API (unknown parameters, item and
-  content shapes, tools, `tool_choice`, `text.format`, ranges and enums), with
-  OpenAI's error envelope `{"error": {"message", "type", "param", "code"}}`;
+  content shapes, tools, `tool_choice`, `text.format`, ranges and enums; as Codex
+  sends them, `namespace` tools grouping function/custom tools and a
+  `client_metadata` map of strings), with OpenAI's error envelope
+  `{"error": {"message", "type", "param", "code"}}`;
 - `GET /responses/{id}` (`?stream=true` replays the events), `DELETE
   /responses/{id}`, `GET /responses/{id}/input_items` (`limit`, `order`, `after`).
 
@@ -13,8 +15,10 @@ Valid requests get deterministic answers:
 
 - with `function`/`custom` tools offered, `tool_choice` not `none` and a user
   message last (or a `required`/forced choice), it calls the forced tool, or the
-  first `parallel_calls` tools (one when `parallel_tool_calls` is false), with
-  arguments `{"input": <last user text>}` (a custom tool gets the text as `input`);
+  first `parallel_calls` tools (one when `parallel_tool_calls` is false; of those
+  named in `tool_names` when set, none for `[]`), with arguments
+  `{"input": <last user text>}` (a custom tool gets the text as `input`), or
+  `tool_arguments` when set (the arguments string, or a custom tool's input);
 - after `function_call_output`/`custom_tool_call_output` items it answers
   `The tool answered: <output>` (outputs joined by `; `);
 - otherwise it echoes the last user text; with a `json_schema` format it answers
@@ -41,9 +45,10 @@ output). Tool calls pair up across the context: every `function_call_output`
 needs an earlier `function_call` with its `call_id`, every `function_call` needs
 an output. `conversation` takes an id from `create_conversation()`.
 
-Knobs: `fail_next(status, message, type, code)`, `parallel_calls`,
-`stream_error_after` (an `error` event then `response.failed` after N events),
-`cut_stream_after` (the stream ends after N events), `cached_tokens`. Received
+Knobs: `fail_next(status, message, type, code)`, `parallel_calls`, `tool_names`,
+`tool_arguments`, `stream_error_after` (an `error` event then `response.failed`
+after N events), `cut_stream_after` (the stream ends after N events),
+`cached_tokens`. Received
 bodies are in `requests` (with `request_headers`), answers in `answers`,
 verified encrypted contents counted in `verified_reasoning`.
 """
@@ -88,7 +93,7 @@ _TOP_LEVEL = frozenset(
         "reasoning", "include", "store", "stream", "stream_options", "metadata", "user",
         "previous_response_id", "truncation", "prompt_cache_key", "prompt_cache_retention",
         "safety_identifier", "service_tier", "background", "conversation", "prompt",
-        "context_management",
+        "context_management", "client_metadata",
     }
 )  # fmt: skip
 _SCALARS = {
@@ -99,7 +104,7 @@ _SCALARS = {
     "max_output_tokens": "integer", "max_tool_calls": "integer", "top_logprobs": "integer",
     "temperature": "number", "top_p": "number", "metadata": "object", "reasoning": "object",
     "text": "object", "stream_options": "object", "prompt": "object", "include": "array",
-    "tools": "array", "context_management": "array",
+    "tools": "array", "context_management": "array", "client_metadata": "object",
 }  # fmt: skip
 _ENUMS = {
     "truncation": ("auto", "disabled"),
@@ -502,6 +507,12 @@ class FakeOpenAIResponses:
         # How many offered tools a non-forced call uses at once (1 when parallel_tool_calls
         # is false).
         self.parallel_calls = parallel_calls
+        # Call the offered tools of these names (in this order) instead of the first ones;
+        # `[]` calls none: a text answer whatever the tools.
+        self.tool_names: list[str] | None = None
+        # A function call's `arguments` (a JSON string) or a custom call's `input`, instead
+        # of the last user text.
+        self.tool_arguments: str | None = None
         # Reported as input_tokens_details.cached_tokens (at most input_tokens).
         self.cached_tokens = cached_tokens
         # Streams: end after this many events, or send an error then response.failed.
@@ -773,6 +784,8 @@ class FakeOpenAIResponses:
         if body.get("top_p") is not None:
             _check_range(body["top_p"], "top_p", 0, 1, noun="decimal")
         self._validate_metadata(body.get("metadata"))
+        for key, value in (body.get("client_metadata") or {}).items():
+            _check_type(value, "string", f"client_metadata.{key}")
         include = self._validate_include(body.get("include"))
         self._validate_stream_options(body)
         self._validate_prompt(body.get("prompt"))
@@ -967,16 +980,31 @@ class FakeOpenAIResponses:
         }
         return {"format": echoed, "verbosity": verbosity or "medium"}
 
-    @staticmethod
-    def _validate_tools(tools: list[Any]) -> list[Json]:
+    @classmethod
+    def _validate_tools(cls, tools: list[Any], prefix: str = "tools") -> list[Json]:
         out: list[Json] = []
         for i, tool in enumerate(tools):
-            where = f"tools[{i}]"
+            where = f"{prefix}[{i}]"
             _check_type(tool, "object", where)
             kind = tool.get("type")
             if kind is None:
                 raise _missing(f"{where}.type")
-            if kind == "function":
+            if kind == "namespace" and prefix == "tools":
+                # Function and custom tools grouped under a name (their calls carry it
+                # as `namespace`); the fake never calls them.
+                _check_keys(tool, {"type", "name", "description", "tools"}, where)
+                for key in ("name", "description"):
+                    if tool.get(key) is None:
+                        raise _missing(f"{where}.{key}")
+                _check_name(tool["name"], f"{where}.name")
+                _check_type(tool["description"], "string", f"{where}.description")
+                inner = _require(tool, "tools", "array", where)
+                for n, sub in enumerate(inner):
+                    _check_type(sub, "object", f"{where}.tools[{n}]")
+                    _check_enum(sub.get("type"), ("function", "custom"), f"{where}.tools[{n}].type")
+                nested = cls._validate_tools(inner, f"{where}.tools")
+                out.append({**tool, "tools": nested})
+            elif kind == "function":
                 _check_keys(tool, _FUNCTION_KEYS, where)
                 if tool.get("name") is None:
                     raise _missing(f"{where}.name")
@@ -1044,7 +1072,8 @@ class FakeOpenAIResponses:
                     raise _missing(f"{where}.server_url")
                 out.append(dict(tool))
             else:
-                _check_enum(kind, ("function", "custom", *_BUILTIN_TOOLS), f"{where}.type")
+                kinds = ("function", "custom", "namespace", *_BUILTIN_TOOLS)
+                _check_enum(kind, kinds, f"{where}.type")
         return out
 
     @staticmethod
@@ -1499,8 +1528,13 @@ class FakeOpenAIResponses:
         if not tools or not (forced or mode == "required" or user_last):
             return []
         many = 1 if turn.body.get("parallel_tool_calls") is False else self.parallel_calls
+        if not forced and self.tool_names is not None:
+            tools = [t for name in self.tool_names for t in tools if t["name"] == name]
         chosen = [forced] if forced else tools[: max(many, 1)]
+        if not chosen:
+            return []
         text = self._user_text(turn.context)
+        arguments = self.tool_arguments
         calls: list[Json] = []
         for tool in chosen:
             if tool["type"] == "function":
@@ -1509,7 +1543,9 @@ class FakeOpenAIResponses:
                         "id": self._id("fc"),
                         "type": "function_call",
                         "status": "completed",
-                        "arguments": json.dumps({"input": text}),
+                        "arguments": (
+                            json.dumps({"input": text}) if arguments is None else arguments
+                        ),
                         "call_id": self._id("call", 24),
                         "name": tool["name"],
                     }
@@ -1521,7 +1557,7 @@ class FakeOpenAIResponses:
                         "type": "custom_tool_call",
                         "status": "completed",
                         "call_id": self._id("call", 24),
-                        "input": text,
+                        "input": text if arguments is None else arguments,
                         "name": tool["name"],
                     }
                 )
