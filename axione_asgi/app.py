@@ -27,6 +27,7 @@ from axione_asgi.exchange.pipeline import Pipeline
 from axione_asgi.ingress.anthropic_messages import AnthropicMessagesIngress
 from axione_asgi.ingress.base import Ingress
 from axione_asgi.ingress.openai_chat import OpenAIChatIngress
+from axione_asgi.ingress.openai_completions import OpenAICompletionsIngress
 from axione_asgi.ingress.openai_responses import OpenAIResponsesIngress
 from axione_asgi.keys import KeyRecord, KeyStore
 from axione_asgi.middleware.auth import KeyAuthMiddleware
@@ -38,7 +39,7 @@ from axione_asgi.observability.middleware import (
     build_observability,
 )
 from axione_asgi.providers.base import Provider, ProviderRegistry
-from axione_asgi.providers.factory import build_providers
+from axione_asgi.providers.factory import build_providers, unavailable_providers
 from axione_asgi.quota import QuotaService
 from axione_asgi.quota.days import utc_now
 from axione_asgi.quota.service import Clock
@@ -177,7 +178,9 @@ def create_app(
     config = config or AxioneConfig()
     built = build_providers(config, os.environ if environ is None else environ)
     built.update(providers or {})
-    registry = ProviderRegistry(built, Aliases(config.aliases))
+    registry = ProviderRegistry(
+        built, Aliases(config.aliases), unavailable_providers(config, built)
+    )
     store = key_store or open_key_store(config.storage.keys, config.keys)
     quota = QuotaService(config, key_store=store, clock=clock)
     cache = open_chat_cache(config.cache, config.storage.counters, clock or utc_now)
@@ -187,6 +190,7 @@ def create_app(
     # The client dialects: each one module over the same pipeline.
     ingresses: list[Ingress] = [
         OpenAIChatIngress(pipeline, registry, quota, config),
+        OpenAICompletionsIngress(pipeline, config),
         AnthropicMessagesIngress(pipeline, config),
         OpenAIResponsesIngress(pipeline, config, responses),
     ]

@@ -26,7 +26,8 @@ __all__ = [
 CACHE_HEADER = "x-axione-cache"
 
 # Fields that never change what the model answers, so they stay out of the key.
-_NOT_IN_KEY = frozenset({"stream", "stream_options", "user"})
+# `user` is in it: the end users behind one gateway key never share an answer.
+_NOT_IN_KEY = frozenset({"stream", "stream_options"})
 
 
 class ResponseCache(Protocol):

@@ -133,7 +133,19 @@ async def _usage(args: argparse.Namespace, config: AxioneConfig) -> int:
     return 0
 
 
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on escaped (`\\n`, `\\x1b`, `\\u202e`).
+
+    Key names are whatever a client of the admin API sent: a newline would
+    forge a row, an escape code would drive the operator's terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -142,14 +154,10 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 def _serve(args: argparse.Namespace, config: AxioneConfig) -> int:
     import uvicorn
 
-    from axione_asgi.middleware.errors import MAX_HEADER_BYTES
-
-    graceful_shutdown_s = 30  # Envoy's drain time and Kubernetes' default grace period
-
     asyncio.run(_first_key(config))
     # Built here first, so a bad config fails before workers fork; a single
     # worker serves this very app rather than building it a second time.
-    from axione_asgi.standalone import build_standalone, serving
+    from axione_asgi.standalone import build_standalone, server_options, serving
 
     app = build_standalone(config)
     if args.config:
@@ -176,12 +184,8 @@ def _serve(args: argparse.Namespace, config: AxioneConfig) -> int:
         ws="none",
         log_level=args.log_level,
         access_log=False,
-        # On SIGTERM, in-flight requests and streams get this long to finish
-        # before they are cut; the lifespan then flushes the ledger.
-        timeout_graceful_shutdown=graceful_shutdown_s,
-        # Only the h11 parser reads this (httptools has no knob); headers past
-        # 64 KiB are refused with 431 by ErrorFormatMiddleware either way.
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        # [server]: connections, request heads, keep-alive, the shutdown's grace.
+        **server_options(config.server),
     )
     return 0
 

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -32,6 +33,7 @@ __all__ = [
     "RequestLimits",
     "ResponsesConfig",
     "RetryConfig",
+    "ServerConfig",
     "StaticKey",
     "StorageConfig",
     "TierLimits",
@@ -125,8 +127,18 @@ class ProviderConfig(_Strict):
     # "httpx", or "auto": httptools, or httpx when a proxy is set in the
     # environment (HTTPS_PROXY and the like).
     transport: Literal["auto", "httptools", "aiohttp", "httpx"] = "auto"
+    # An https upstream's trusted CA certificates: a PEM file (or a folder
+    # `openssl rehash` prepared), trusted instead of the system store, for an
+    # upstream with a private CA. Unset: the system store, or the bundle and
+    # folder that SSL_CERT_FILE and SSL_CERT_DIR name, with certifi's bundle.
+    ca_file: str | None = None
     # A stream whose first event takes longer than this is retried or falls back.
     first_byte_timeout_s: float | None = Field(default=None, gt=0)
+    # A stream that sends no event for this long (keep-alive comments do not
+    # count) is cut with an error event; and none lasts longer than
+    # `stream_timeout_s` in all.
+    stream_idle_timeout_s: float = Field(default=120.0, gt=0)
+    stream_timeout_s: float = Field(default=1800.0, gt=0)
     # Kind `anthropic`, on pass-through: the `anthropic-beta` values forwarded
     # (None: every one the client sends).
     allowed_betas: list[str] | None = None
@@ -134,6 +146,10 @@ class ProviderConfig(_Strict):
     # itself ("native", passed through) or Responses requests are translated to
     # chat completions ("translate"). Unset: native for `openai`, else translate.
     responses: Literal["native", "translate"] | None = None
+    # Kind `gemini`: whether image URLs that Gemini reads with the gateway's own
+    # credentials (`gs://` objects, Files-API `.../files/...` URLs) may be sent;
+    # off, they are a 400, so a client cannot read the operator's files.
+    allow_file_uris: bool = False
 
     @property
     def responses_native(self) -> bool:
@@ -176,6 +192,10 @@ class StorageConfig(_Strict):
     counters: str = "memory://"
     # Stored Responses-API answers (`store: true`); the ledger's database when unset.
     responses: str | None = None
+    # At shutdown, how long the ledger may take to write what it holds; what is
+    # left then goes to the side file `<ledger file>.spill.jsonl` (written back
+    # at the next start). Keep it inside the process manager's grace period.
+    ledger_flush_timeout_s: float = Field(default=10.0, gt=0)
 
     @field_validator("keys", "ledger", "responses")
     @classmethod
@@ -235,6 +255,8 @@ class RetryConfig(_Strict):
     backoff_max_s: float = Field(default=8.0, ge=0)
     # Everything a request does upstream, retries and fallbacks included.
     deadline_s: float = Field(default=120.0, gt=0)
+    # Upstream calls one request may make, retries and fallbacks together.
+    max_attempts: int = Field(default=6, ge=1, le=64)
 
 
 class RequestLimits(_Strict):
@@ -243,6 +265,32 @@ class RequestLimits(_Strict):
     max_messages: int = Field(default=4096, ge=1)
     # A body that trickles in slower than this is cut (slow-loris).
     body_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class ServerConfig(_Strict):
+    """What `axione serve` lets one client hold, per worker process (unused when mounted)."""
+
+    # Open connections; one more is answered 503 and closed at once. Each holds
+    # a file descriptor: keep it well below `ulimit -n`, which upstream
+    # connections and the databases share.
+    max_connections: int = Field(default=1000, ge=1)
+    # A request's head (request line and headers) must be complete this long
+    # after the connection opens (its first request) or after its first byte
+    # (the next ones), else 408 and closed: idle and slow-header connections
+    # hold nothing for long.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # A head still incomplete past this many bytes is answered 431 and closed
+    # before more of it is buffered. (Header names and values past 64 KiB are
+    # refused with 431 by ErrorFormatMiddleware either way.)
+    max_header_bytes: int = Field(default=80 * 1024, ge=1024)
+    # How long a kept-alive connection may wait idle for its next request.
+    keep_alive_s: int = Field(default=5, ge=1)
+    # Connections the kernel queues before the server accepts them.
+    backlog: int = Field(default=2048, ge=1)
+    # On SIGTERM, how long in-flight requests and streams get to finish (30 s:
+    # Envoy's drain time and Kubernetes' default grace period); streams still
+    # running are then cut with an error event, and the ledger is flushed.
+    graceful_shutdown_s: int = Field(default=30, ge=0)
 
 
 class CacheConfig(_Strict):
@@ -363,6 +411,14 @@ class AxioneConfig(_Strict):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    # Known providers the embedded default left out, their key not being set.
+    _keyless: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def keyless_providers(self) -> Mapping[str, str]:
+        """Known providers the embedded default leaves out for want of a key: name -> variable."""
+        return self._keyless
 
     @field_validator("prefix")
     @classmethod
@@ -429,4 +485,10 @@ class AxioneConfig(_Strict):
         for name, table in _KNOWN_PROVIDERS.items():
             if env.get(table["api_key_env"]):
                 providers[name] = table
-        return cls.from_mapping({"providers": providers}, source="<embedded default>")
+        config = cls.from_mapping({"providers": providers}, source="<embedded default>")
+        config._keyless = {
+            name: table["api_key_env"]
+            for name, table in _KNOWN_PROVIDERS.items()
+            if name not in providers
+        }
+        return config

@@ -230,6 +230,80 @@ _MESSAGE = {
     },
 }
 
+# The Responses dialect: bodies described by their required fields; the
+# rest is OpenAI's Responses API, passed through or translated.
+_RESPONSES_REQUEST = {
+    "type": "object",
+    "required": ["model"],
+    "additionalProperties": True,
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "input": {"type": ["string", "array"]},
+        "instructions": {"type": ["string", "null"]},
+        "previous_response_id": {"type": ["string", "null"]},
+        "stream": {"type": ["boolean", "null"]},
+        "store": {"type": ["boolean", "null"]},
+        "max_output_tokens": {"type": ["integer", "null"], "minimum": 1},
+    },
+}
+_RESPONSE = {
+    "type": "object",
+    "required": ["id", "object", "created_at", "model", "output"],
+    "additionalProperties": True,
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "response"},
+        "created_at": {"type": "number"},
+        "status": {"type": "string"},
+        "model": {"type": "string"},
+        "output": {"type": "array", "items": {"type": "object"}},
+        "usage": {"type": ["object", "null"]},
+    },
+}
+_RESPONSE_DELETED = {
+    "type": "object",
+    "required": ["id", "object", "deleted"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "response.deleted"},
+        "deleted": {"type": "boolean"},
+    },
+}
+_ITEM_LIST = {
+    "type": "object",
+    "required": ["object", "data", "has_more"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {"type": "array", "items": {"type": "object"}},
+        "first_id": {"type": ["string", "null"]},
+        "last_id": {"type": ["string", "null"]},
+        "has_more": {"type": "boolean"},
+    },
+}
+_COMPLETION_REQUEST = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "additionalProperties": True,
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "prompt": {"type": ["string", "array"]},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "stream": {"type": ["boolean", "null"]},
+    },
+}
+_TEXT_COMPLETION = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "additionalProperties": True,
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "text_completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
 _TOKEN_COUNT = {
     "type": "object",
     "required": ["input_tokens"],
@@ -263,7 +337,9 @@ _DESCRIPTION = (
     "It also speaks Anthropic's Messages API (`POST /messages`, "
     "`POST /messages/count_tokens`) to every backend, with errors in Anthropic's "
     "envelope: the anthropic SDKs take the prefix without its last `/v1` as their "
-    "`base_url`. Credentials: `Authorization: Bearer <key>` or `x-api-key: <key>`.\n\n"
+    "`base_url`. And OpenAI's Responses API (`/responses`, with stored responses "
+    "per key) for Codex CLI and the Agents SDK. Credentials: `Authorization: Bearer "
+    "<key>` or `x-api-key: <key>`.\n\n"
     "Opt-in routes not described here, when enabled in the configuration: the admin "
     "API for the operator key (`[admin]`, under `/admin` by default) and the "
     "Prometheus scrape endpoint (`[metrics]`, `/metrics` by default)."
@@ -322,7 +398,16 @@ def openapi_document() -> dict[str, Any]:
         CountTokensRequest=_COUNT_TOKENS_REQUEST,
         Message=_MESSAGE,
         MessageTokensCount=_TOKEN_COUNT,
+        ResponsesRequest=_RESPONSES_REQUEST,
+        Response=_RESPONSE,
+        ResponseDeleted=_RESPONSE_DELETED,
+        ResponseItemList=_ITEM_LIST,
+        CompletionRequest=_COMPLETION_REQUEST,
+        TextCompletion=_TEXT_COMPLETION,
     )
+    response_id = [
+        {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    ]
     schemas["ModelList"] = {
         "type": "object",
         "required": ["object", "data"],
@@ -429,6 +514,91 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": _json("MessageTokensCount", "The input token count"),
                         **_anthropic_errors(400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504),
+                    },
+                }
+            },
+            "/responses": {
+                "post": {
+                    "operationId": "createResponse",
+                    "description": "OpenAI's Responses API. To an `openai`-kind backend with "
+                    '`responses = "native"` the body is passed through as sent; to the '
+                    "others it is translated. With `store` (the default) the response is kept "
+                    "for `previous_response_id` and `GET`, per key.",
+                    "requestBody": _body("ResponsesRequest"),
+                    "responses": {
+                        "200": {
+                            "description": "A response, or its stream of events when `stream`",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": _REF.format(model="Response")}
+                                },
+                                "text/event-stream": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_errors(400, 403, 404, 408, 413, 502, 503, 504),
+                        **common,
+                    },
+                }
+            },
+            "/responses/{response_id}": {
+                "get": {
+                    "operationId": "retrieveResponse",
+                    "parameters": response_id,
+                    "responses": {
+                        "200": _json("Response", "The stored response"),
+                        **_errors(404),
+                        **common,
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteResponse",
+                    "parameters": response_id,
+                    "responses": {
+                        "200": _json("ResponseDeleted", "The response is forgotten"),
+                        **_errors(404),
+                        **common,
+                    },
+                },
+            },
+            "/responses/{response_id}/input_items": {
+                "get": {
+                    "operationId": "listResponseInputItems",
+                    "parameters": [
+                        *response_id,
+                        *(
+                            {"name": n, "in": "query", "required": False, "schema": schema}
+                            for n, schema in (
+                                ("order", {"type": "string", "enum": ["asc", "desc"]}),
+                                ("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
+                                ("after", {"type": "string"}),
+                            )
+                        ),
+                    ],
+                    "responses": {
+                        "200": _json("ResponseItemList", "The input items it answered"),
+                        **_errors(400, 404),
+                        **common,
+                    },
+                }
+            },
+            "/completions": {
+                "post": {
+                    "operationId": "createCompletion",
+                    "description": "The legacy text completions API, served through the chat "
+                    "path: each prompt is one user message.",
+                    "requestBody": _body("CompletionRequest"),
+                    "responses": {
+                        "200": {
+                            "description": "A text completion, or a stream of them",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": _REF.format(model="TextCompletion")}
+                                },
+                                "text/event-stream": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_errors(400, 403, 404, 408, 413, 502, 503, 504),
+                        **common,
                     },
                 }
             },

@@ -33,7 +33,8 @@ def is_retryable(exc: AxioneError) -> bool:
     if isinstance(exc, RateLimited):
         return exc.code == "upstream_rate_limited"
     if isinstance(exc, UpstreamError):
-        return exc.code != "upstream_auth_failed"
+        # Credentials and certificates do not mend by asking again.
+        return exc.code not in ("upstream_auth_failed", "upstream_tls_error")
     return False
 
 
@@ -86,6 +87,8 @@ class RetryPolicy:
     backoff_s: float = 0.25
     backoff_max_s: float = 8.0
     deadline_s: float = 120.0
+    # Calls across every candidate, retries included: a budget per request.
+    max_attempts: int = 64
 
     def delay(self, attempt: int, exc: AxioneError) -> float:
         """Seconds to wait before retry number `attempt` (0-based)."""
@@ -111,8 +114,12 @@ async def first_success(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + policy.deadline_s
     last: AxioneError | None = None
+    budget = policy.max_attempts
     for route in candidates:
         for attempt in range(policy.max_retries + 1):
+            if budget <= 0:
+                break
+            budget -= 1
             if deadline - loop.time() <= 0:
                 raise UpstreamTimeout("No upstream answered within the request deadline")
             try:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from axione_asgi.app import AxioneApp, create_app
-from axione_asgi.config import AxioneConfig
+from axione_asgi.config import AxioneConfig, ServerConfig
 from axione_asgi.middleware.errors import ErrorFormatMiddleware
 from axione_asgi.observability.access_log import install_access_handler
 
@@ -18,6 +21,7 @@ __all__ = [
     "PrefixedGateway",
     "build_standalone",
     "load_config",
+    "server_options",
     "serving",
     "standalone_app",
 ]
@@ -98,3 +102,24 @@ def serving(app: ASGIApp, config: AxioneConfig) -> ASGIApp:
     # this; a host app decides for its own process.
     gc.freeze()
     return app
+
+
+def _guarded_protocol() -> Callable[..., Any]:
+    # Imported only to serve: uvicorn's protocol module costs every other
+    # `axione` command (keys, usage) a tenth of a second at start.
+    from axione_asgi.server_protocol import GuardedHttpToolsProtocol
+
+    return GuardedHttpToolsProtocol
+
+
+def server_options(server: ServerConfig) -> dict[str, Any]:
+    """uvicorn's settings for `[server]`: its limits, and the protocol that adds the rest."""
+    return {
+        # A partial, not a subclass per config: uvicorn pickles it to the workers it spawns.
+        "http": partial(_guarded_protocol(), limits=server),
+        "backlog": server.backlog,
+        "timeout_keep_alive": server.keep_alive_s,
+        # On SIGTERM, in-flight requests and streams get this long to finish
+        # before they are cut; the lifespan then flushes the ledger.
+        "timeout_graceful_shutdown": server.graceful_shutdown_s,
+    }

@@ -9,13 +9,35 @@ from typing import TypeVar
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["ClientGone", "EventStreamResponse", "unless_disconnected"]
+from axione_asgi.errors import AxioneError
+
+__all__ = ["ClientGone", "EventStreamResponse", "StreamCut", "unless_disconnected"]
 
 T = TypeVar("T")
 
 
 class ClientGone(Exception):
     """The client went away before the answer was ready."""
+
+
+class StreamCut(AxioneError):
+    """503, as a stream's last event: the server stopped the stream (it is shutting down).
+
+    uvicorn cancels the requests still running when the shutdown's grace
+    period ends (before the lifespan stops the runtime). A stream's generator
+    cancelled while it waits for the upstream yields its dialect's error event
+    for this, then lets the cancellation go on: `EventStreamResponse` sends
+    that event like any other, then the connection closes. When it is the
+    client that left, the event is yielded too, and goes nowhere.
+    """
+
+    status = 503
+    default_code = "server_shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The stream was stopped before its end: the gateway is shutting down; retry the request"
+        )
 
 
 async def _until_disconnect(receive: Receive) -> None:

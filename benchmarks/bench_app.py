@@ -1,8 +1,8 @@
 """The gateway's own CPU per request, in process: no server, no network, no upstream client.
 
 Builds the app as `axione serve` would for the benchmark config (key auth,
-memory quota, ledger, access log, response cache on), swaps the OpenAI
-provider's upstream client for one that answers from memory, and calls the
+memory quota, ledger, access log, response cache on), swaps the OpenAI and
+Anthropic providers' upstream clients for ones that answer from memory, and calls the
 ASGI app directly, one request after another. What is left is Axione's own
 code plus Starlette and pydantic: the part of a request this project
 controls. Far less noisy than the load benchmark, so it is the figure to
@@ -12,7 +12,10 @@ watch while changing the hot path (`run.py` stays the judge).
     python benchmarks/bench_app.py --instructions --requests 200   # under callgrind
 
 Prints CPU microseconds per request (the best round: interference only ever adds) for a non-streamed
-chat, a 20-chunk stream, a cache hit and a `/models` listing.
+chat, a 20-chunk stream, a cache hit, a `/models` listing, an Anthropic Messages
+request passed through to the `anthropic` provider (`messages`, non-streamed) and
+an OpenAI Responses request streamed (`responses`: `stream: true`, `store: false`),
+which the `openai-compatible` provider translates into the same 20-chunk chat stream.
 """
 
 from __future__ import annotations
@@ -51,6 +54,20 @@ COMPLETION = json.dumps(
             }
         ],
         "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
+    }
+).encode()
+
+
+MESSAGE = json.dumps(
+    {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": "bench",
+        "content": [{"type": "text", "text": "Hello from the fake upstream."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 7},
     }
 ).encode()
 
@@ -97,19 +114,28 @@ class MemoryUpstream:
 
     is_closed = False
 
-    def __init__(self, chunks: int = 20) -> None:
+    def __init__(self, chunks: int = 20, answer: bytes = COMPLETION) -> None:
         # One network read per event, as a real upstream's stream mostly arrives.
         lines = _stream_lines(chunks)
         self._blocks = [f"{data}\n\n".encode() for data in lines[::2]]
+        self._answer = answer
 
     async def post(
-        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
-        return UpstreamResponse(200, {"content-type": "application/json"}, COMPLETION)
+        return UpstreamResponse(200, {"content-type": "application/json"}, self._answer)
 
     @asynccontextmanager
     async def stream(
-        self, path: str, body: bytes, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[_MemoryStream]:
         yield _MemoryStream(self._blocks)
 
@@ -128,7 +154,16 @@ def build(access_log: bool) -> Any:
                     "base_url": "http://127.0.0.1:9/v1",
                     "api_key": "sk-unused",
                     "models": {"bench": "bench"},
-                }
+                    # Responses requests to it become chat completions (as in run.py).
+                    "responses": "translate",
+                },
+                # Messages requests to it are passed through (`forward`).
+                "anthropic": {
+                    "kind": "anthropic",
+                    "base_url": "http://127.0.0.1:9",
+                    "api_key": "sk-unused",
+                    "models": {"bench": "bench"},
+                },
             },
             "cache": {"enabled": True},
             "access_log": {"enabled": access_log},
@@ -140,6 +175,14 @@ def build(access_log: bool) -> Any:
 
 
 def _scope(method: str, path: str, body: bytes) -> dict[str, Any]:
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"authorization", f"Bearer {KEY}".encode()),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if path.startswith("/messages"):
+        headers.append((b"anthropic-version", b"2023-06-01"))
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -150,12 +193,7 @@ def _scope(method: str, path: str, body: bytes) -> dict[str, Any]:
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (b"authorization", f"Bearer {KEY}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
+        "headers": headers,
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
@@ -178,9 +216,22 @@ async def one(app: Any, method: str, path: str, body: bytes) -> int:
     await app(_scope(method, path, body), receive, send)
     status: int = sent[0]["status"]
     last = sent[-2]["body"] if len(sent) > 2 else b""
-    if len(sent) > 2 and last != b"data: [DONE]\n\n":
-        raise SystemExit(f"{path}: the stream ended with {last[:200]!r}, not [DONE]")
+    if len(sent) > 2 and not _stream_ended(path, last):
+        raise SystemExit(f"{path}: the stream ended with {last[-200:]!r}")
     return status
+
+
+def _stream_ended(path: str, last: bytes) -> bool:
+    """Whether a stream's last body ends as it should: `[DONE]`, or for Responses
+    a `response.completed` event."""
+    if path == "/responses":
+        block = last.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+        return block.startswith(b"event: response.completed\n") and last.endswith(b"\n\n")
+    return last == b"data: [DONE]\n\n"
+
+
+# Streams run a tenth of the requests (a fifth under callgrind): each costs several.
+STREAMED = ("stream20", "responses")
 
 
 SCENARIOS = {
@@ -208,19 +259,38 @@ SCENARIOS = {
         },
     ),
     "models": ("GET", "/models", None),
+    "messages": (
+        "POST",
+        "/messages",
+        {
+            "model": "anthropic/bench",
+            "max_tokens": 32,
+            "messages": [{"role": "user", "content": "Say hello."}],
+        },
+    ),
+    "responses": (
+        "POST",
+        "/responses",
+        {"model": "openai/bench", "input": "Say hello.", "stream": True, "store": False},
+    ),
 }
+
+
+def _memory_upstreams(app: Any) -> None:
+    providers = app.runtime.registry.providers
+    providers["openai"]._client = MemoryUpstream()
+    providers["anthropic"]._client = MemoryUpstream(answer=MESSAGE)
 
 
 async def run(requests: int, rounds: int, access_log: bool) -> dict[str, float]:
     app = build(access_log)
     figures: dict[str, list[float]] = {name: [] for name in SCENARIOS}
     async with app.lifespan():
-        provider = app.runtime.registry.providers["openai"]
-        provider._client = MemoryUpstream()
+        _memory_upstreams(app)
         for _ in range(rounds):
             for name, (method, path, payload) in SCENARIOS.items():
                 body = json.dumps(payload).encode() if payload is not None else b""
-                n = requests // 10 if name == "stream20" else requests
+                n = requests // 10 if name in STREAMED else requests
                 for _ in range(min(200, n)):  # warm-up
                     await one(app, method, path, body)
                 began = time.process_time()
@@ -238,7 +308,7 @@ async def marked(name: str, requests: int) -> None:
     method, path, payload = SCENARIOS[name]
     body = json.dumps(payload).encode() if payload is not None else b""
     async with app.lifespan():
-        app.runtime.registry.providers["openai"]._client = MemoryUpstream()
+        _memory_upstreams(app)
         for _ in range(50):  # warm-up
             await one(app, method, path, body)
         os.getppid()
@@ -306,7 +376,7 @@ def main() -> None:
         return
     if args.instructions:
         for name in SCENARIOS:
-            n = max(1, args.requests // 5) if name == "stream20" else args.requests
+            n = max(1, args.requests // 5) if name in STREAMED else args.requests
             print(f"{name:10s} {instructions(name, n) / 1000:8.1f} k instructions per request")
         return
     result = asyncio.run(run(args.requests, args.rounds, not args.no_access_log))

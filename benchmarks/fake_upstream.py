@@ -1,11 +1,21 @@
-"""A fake OpenAI upstream that answers in microseconds, so a gateway's cost shows.
+"""A fake OpenAI and Anthropic upstream that answers in microseconds, so a gateway's cost shows.
 
 Raw asyncio (uvloop when installed) with httptools when installed, else a small
 keep-alive HTTP/1.1 parser of its own. It answers `POST .../chat/completions`:
 
 - non-streamed: one fixed small `chat.completion` with `usage`;
 - `"stream": true`: N `chat.completion.chunk` events, a finish chunk, a usage
-  chunk and `data: [DONE]`, sent as chunked transfer encoding.
+  chunk and `data: [DONE]`, sent as chunked transfer encoding;
+
+and, like Anthropic, `POST .../v1/messages`:
+
+- non-streamed: one fixed small `message` with `usage`;
+- `"stream": true`: Anthropic's events (`event:` and `data:` lines):
+  `message_start`, `content_block_start`, `ping`, N `content_block_delta`
+  (`text_delta`), `content_block_stop`, `message_delta` (stop reason, output
+  tokens) and `message_stop`; the three opening events go with the first delta;
+
+and `POST .../v1/messages/count_tokens` with `{"input_tokens": 9}`.
 
 The model name (or a header, for clients that can set one) shapes the stream:
 `...-c200` or `x-fake-chunks: 200` sends 200 content chunks (default 20);
@@ -88,8 +98,9 @@ def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
 _FIRST_EVENT = _event(_chunk({"role": "assistant", "content": "tok "}))
 _TOKEN_EVENT = _event(_chunk({"content": "tok "}))
 _FINISH_EVENT = _event(_chunk({}, "stop"))
-_DONE_EVENT = b"%x\r\n%s\r\n" % (len(b"data: [DONE]\n\n"), b"data: [DONE]\n\n") + b"0\r\n\r\n"
-_STREAM_CACHE: dict[int, bytes] = {}
+_END_CHUNKS = b"0\r\n\r\n"
+_DONE_EVENT = b"%x\r\n%s\r\n" % (len(b"data: [DONE]\n\n"), b"data: [DONE]\n\n") + _END_CHUNKS
+_STREAM_CACHE: dict[tuple[str, int], bytes] = {}
 
 
 def _usage_event(chunks: int) -> bytes:
@@ -97,14 +108,100 @@ def _usage_event(chunks: int) -> bytes:
     return _event({**_chunk({}), "choices": [], "usage": usage})
 
 
-def _whole_stream(chunks: int) -> bytes:
+# -- Anthropic Messages ------------------------------------------------------
+_MESSAGE = json.dumps(
+    {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-bench",
+        "content": [{"type": "text", "text": "Hello from the fake upstream."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 9, "output_tokens": 7},
+    },
+    separators=(",", ":"),
+).encode()
+_MESSAGE_RESPONSE = _JSON_HEAD % len(_MESSAGE) + _MESSAGE
+_COUNT = b'{"input_tokens":9}'
+_COUNT_RESPONSE = _JSON_HEAD % len(_COUNT) + _COUNT
+_MESSAGES_SSE_HEAD = _SSE_HEAD.replace(b"text/event-stream", b"text/event-stream; charset=utf-8")
+
+
+def _named_event(obj: dict[str, Any]) -> bytes:
+    """One Anthropic event, `event:` then `data:`, as one HTTP chunk."""
+    data = b"event: %s\ndata: %s\n\n" % (
+        obj["type"].encode(),
+        json.dumps(obj, separators=(",", ":")).encode(),
+    )
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+_MESSAGE_START = {
+    "type": "message_start",
+    "message": {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-bench",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 9, "output_tokens": 1},
+    },
+}
+_MESSAGES_OPENING = (
+    _named_event(_MESSAGE_START)
+    + _named_event(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    )
+    + _named_event({"type": "ping"})
+)
+_MESSAGES_TOKEN = _named_event(
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "tok "}}
+)
+_MESSAGES_BLOCK_STOP = _named_event({"type": "content_block_stop", "index": 0})
+_MESSAGES_STOP = _named_event({"type": "message_stop"}) + _END_CHUNKS
+
+
+def _messages_delta(chunks: int) -> bytes:
+    return _named_event(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": chunks},
+        }
+    )
+
+
+class _Format:
+    """What a stream of one API is made of: its head, first and next events, its end."""
+
+    def __init__(self, name: str, head: bytes, first: bytes, token: bytes) -> None:
+        self.name, self.head, self.first, self.token = name, head, first, token
+
+    def tail(self, chunks: int) -> bytes:
+        """What follows the content chunks (for Messages, the opening too if none was sent)."""
+        if self.name == "messages":
+            opening = b"" if chunks else _MESSAGES_OPENING
+            return opening + _MESSAGES_BLOCK_STOP + _messages_delta(chunks) + _MESSAGES_STOP
+        return _FINISH_EVENT + _usage_event(chunks) + _DONE_EVENT
+
+
+CHAT_FORMAT = _Format("chat", _SSE_HEAD, _FIRST_EVENT, _TOKEN_EVENT)
+MESSAGES_FORMAT = _Format(
+    "messages", _MESSAGES_SSE_HEAD, _MESSAGES_OPENING + _MESSAGES_TOKEN, _MESSAGES_TOKEN
+)
+
+
+def _whole_stream(chunks: int, fmt: _Format = CHAT_FORMAT) -> bytes:
     """An unpaced stream is one write: the fake must never be the slow side."""
-    cached = _STREAM_CACHE.get(chunks)
+    cached = _STREAM_CACHE.get((fmt.name, chunks))
     if cached is None:
-        body = [_FIRST_EVENT] + [_TOKEN_EVENT] * (chunks - 1) if chunks else []
-        cached = _SSE_HEAD + b"".join(body) + _FINISH_EVENT + _usage_event(chunks) + _DONE_EVENT
+        body = [fmt.first] + [fmt.token] * (chunks - 1) if chunks else []
+        cached = fmt.head + b"".join(body) + fmt.tail(chunks)
         if len(_STREAM_CACHE) < 64:
-            _STREAM_CACHE[chunks] = cached
+            _STREAM_CACHE[(fmt.name, chunks)] = cached
     return cached
 
 
@@ -223,48 +320,58 @@ class UpstreamProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        if request.method != b"POST" or not request.path.split(b"?")[0].endswith(
-            b"/chat/completions"
-        ):
-            transport.write(_NOT_FOUND)
+        path = request.path.split(b"?")[0]
+        post = request.method == b"POST"
+        if post and path.endswith(b"/chat/completions"):
+            fmt, whole = CHAT_FORMAT, _COMPLETION_RESPONSE
+        elif post and path.endswith(b"/v1/messages"):
+            fmt, whole = MESSAGES_FORMAT, _MESSAGE_RESPONSE
+        else:
+            count = post and path.endswith(b"/v1/messages/count_tokens")
+            transport.write(_COUNT_RESPONSE if count else _NOT_FOUND)
             self._after(request)
             return
         raw = b"".join(request.body)
         # Cheap checks first: most benchmark bodies are not streams.
         stream = b'"stream"' in raw and _wants_stream(raw)
         if not stream:
-            transport.write(_COMPLETION_RESPONSE)
+            transport.write(whole)
             self._after(request)
             return
         model = _model_of(raw)
         chunks, first_ms, interval_ms = _shape(model, request.headers)
         if first_ms <= 0 and interval_ms <= 0:
-            transport.write(_whole_stream(chunks))
+            transport.write(_whole_stream(chunks, fmt))
             self._after(request)
             return
         self.busy = True
         asyncio.get_running_loop().create_task(
-            self._paced(request, chunks, first_ms / 1000, interval_ms / 1000)
+            self._paced(request, chunks, first_ms / 1000, interval_ms / 1000, fmt)
         )
 
     async def _paced(
-        self, request: _Request, chunks: int, first_s: float, interval_s: float
+        self,
+        request: _Request,
+        chunks: int,
+        first_s: float,
+        interval_s: float,
+        fmt: _Format = CHAT_FORMAT,
     ) -> None:
         transport = self.transport
         if transport is None:
             return
-        transport.write(_SSE_HEAD)
+        transport.write(fmt.head)
         if first_s:
             await asyncio.sleep(first_s)
         for i in range(chunks):
             if self.transport is None:
                 return
-            self.transport.write(_FIRST_EVENT if i == 0 else _TOKEN_EVENT)
+            self.transport.write(fmt.first if i == 0 else fmt.token)
             if interval_s and i < chunks - 1:
                 await asyncio.sleep(interval_s)
         if self.transport is None:
             return
-        self.transport.write(_FINISH_EVENT + _usage_event(chunks) + _DONE_EVENT)
+        self.transport.write(fmt.tail(chunks))
         self.busy = False
         self._after(request)
         while self.pending and not self.busy and self.transport is not None:

@@ -372,9 +372,16 @@ async def _drive(request: Request, connections: int, duration_s: float) -> dict[
 
 
 # -- time to first event -----------------------------------------------------
-def ttfe(request: Request, samples: int, *, timeout: float = 10.0) -> dict[str, Any]:
+CHAT_END = b"[DONE]"
+MESSAGES_END = b"event: message_stop"  # Anthropic's streams end with this event
+
+
+def ttfe(
+    request: Request, samples: int, *, timeout: float = 10.0, end: bytes = CHAT_END
+) -> dict[str, Any]:
     """Send `samples` streaming requests one after another on fresh connections;
-    time from the last byte sent to the first `data:` event, and to the end."""
+    time from the last byte sent to the first `data:` event, and to the end (`end`
+    seen and the last chunk in: `[DONE]` for chat, `message_stop` for Messages)."""
     raw = request.raw()
     host, port = request.host_port
     firsts: list[float] = []
@@ -397,7 +404,7 @@ def ttfe(request: Request, samples: int, *, timeout: float = 10.0) -> dict[str, 
                         head_end = buf.find(b"\r\n\r\n")
                         if head_end >= 0 and buf.find(b"data:", head_end) >= 0:
                             first = time.perf_counter() - started
-                    if b"[DONE]" in buf and buf.endswith(b"0\r\n\r\n"):
+                    if end in buf and buf.endswith(b"0\r\n\r\n"):
                         break
                 total = time.perf_counter() - started
             if first is None or not buf.startswith(b"HTTP/1.1 200"):

@@ -4,6 +4,12 @@
     python benchmarks/run.py --peers litellm,portkey  # side by side with the peers
     python benchmarks/run.py --smoke                  # ~5 s: the harness works
 
+Chat completions go to every target; Anthropic Messages requests (`/messages`)
+to those that serve them: `direct` (the fake upstream answers them itself) and
+Axione, which passes them through to an `anthropic` provider on the same fake.
+OpenAI Responses requests (`/responses`) go to Axione alone, which translates
+them into chat completions to the same fake (the same upstream work as chat's).
+
 The gateway under test runs pinned to core 0 (`taskset -c 0`); the fake
 upstream, the load driver (wrk, else the asyncio driver in load.py) and this
 script share core 1. Writes benchmarks/results/<timestamp>.{json,md,png}.
@@ -41,6 +47,11 @@ STREAM20 = "gpt-4o-mini-c20"
 STREAM200 = "gpt-4o-mini-c200"
 PACED = "gpt-4o-mini-c3-i10"  # 3 chunks, 10 ms apart: a buffering gateway shows >= 10 ms
 SHAPES = [CHAT, STREAM20, STREAM200, PACED]
+# The same shapes for Anthropic Messages, through Axione's `anthropic` provider (pass-through).
+MESSAGES = "claude-bench"
+MESSAGES_STREAM20 = "claude-bench-c20"
+MESSAGES_PACED = "claude-bench-c3-i10"
+MESSAGES_SHAPES = [MESSAGES, MESSAGES_STREAM20, MESSAGES_PACED]
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,9 @@ class Scenario:
     stream: bool = False
     # Axione only: identical temperature-0 requests, answered from its response cache.
     cached: bool = False
+    # "chat" (`/chat/completions`), "messages" (Anthropic's `/messages`) or
+    # "responses" (OpenAI's `/responses`, translated by Axione into a chat completion).
+    api: str = "chat"
 
 
 FULL = [
@@ -61,17 +75,24 @@ FULL = [
     Scenario("stream20_c16", STREAM20, 16, stream=True),
     Scenario("stream200_c16", STREAM200, 16, stream=True),
     Scenario("cache_hit_c16", CHAT, 16, cached=True),
+    Scenario("messages_c16", MESSAGES, 16, api="messages"),
+    Scenario("messages_stream20_c16", MESSAGES_STREAM20, 16, stream=True, api="messages"),
+    Scenario("responses_stream20_c16", STREAM20, 16, stream=True, api="responses"),
 ]
 SMOKE = [
     Scenario("chat_c16", CHAT, 16),
     Scenario("stream20_c16", STREAM20, 16, stream=True),
+    Scenario("messages_c16", MESSAGES, 16, api="messages"),
+    Scenario("responses_stream20_c16", STREAM20, 16, stream=True, api="responses"),
 ]
+PROMPT = "Say hello in one short sentence."
 
 
 def body(model: str, *, stream: bool, cached: bool = False) -> bytes:
+    """The request body; the same one is a valid chat completion and a valid Message."""
     data: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+        "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": 32,
     }
     if stream:
@@ -81,14 +102,121 @@ def body(model: str, *, stream: bool, cached: bool = False) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
+def responses_body(model: str, *, stream: bool) -> bytes:
+    """A Responses request that Axione translates into `body()`'s chat completion:
+    the same user message and cap; `store: false`, so no response is kept."""
+    data: dict[str, Any] = {"model": model, "input": PROMPT, "max_output_tokens": 32}
+    if stream:
+        data["stream"] = True
+    data["store"] = False
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
 def request_for(
-    target: targets.Target, shape: str, *, stream: bool, cached: bool = False
+    target: targets.Target, shape: str, *, stream: bool, cached: bool = False, api: str = "chat"
 ) -> load.Request:
+    if api == "messages":
+        if target.messages_headers is None:
+            raise ValueError(f"{target.name} does not serve Anthropic Messages")
+        return load.Request(
+            f"{target.base_url}/messages",
+            body(target.messages_model(shape), stream=stream, cached=cached),
+            dict(target.messages_headers),
+        )
+    if api == "responses":
+        if not target.responses:
+            raise ValueError(f"{target.name} does not serve OpenAI Responses")
+        return load.Request(
+            f"{target.base_url}/responses",
+            responses_body(target.model(shape), stream=stream),
+            dict(target.headers),
+        )
     return load.Request(
         f"{target.base_url}/chat/completions",
         body(target.model(shape), stream=stream, cached=cached),
         dict(target.headers),
     )
+
+
+def serves(target: targets.Target, sc: Scenario) -> bool:
+    if sc.api == "messages":
+        return target.messages_headers is not None
+    if sc.api == "responses":
+        return target.responses
+    return True
+
+
+def messages_events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """A stream of named events (Anthropic's, OpenAI Responses'), (name, data), in order."""
+    out = []
+    for block in raw.decode().split("\n\n"):
+        lines = block.splitlines()
+        name = next((ln[7:] for ln in lines if ln.startswith("event: ")), None)
+        data = "".join(ln[6:] for ln in lines if ln.startswith("data: "))
+        if name is not None:
+            out.append((name, json.loads(data)))
+    return out
+
+
+class NoMessages(RuntimeError):
+    """The target does not serve `/messages`: an Axione from before the Messages ingress
+    answers 404, or 401 before that (it took no `x-api-key` either)."""
+
+
+def check_messages(target: targets.Target) -> None:
+    """A Message and a Messages stream, read whole, as for `check_answers`."""
+    status, raw = load.fetch(request_for(target, MESSAGES, stream=False, api="messages"))
+    if status in (401, 404):
+        raise NoMessages(f"{target.name}: /messages answered {status}: {raw[:300]!r}")
+    if status != 200:
+        raise RuntimeError(f"{target.name}: messages answered {status}: {raw[:500]!r}")
+    message = json.loads(raw)
+    if message.get("type") != "message" or not message["content"][0]["text"]:
+        raise RuntimeError(f"{target.name}: the message has no text: {raw[:500]!r}")
+    status, raw = load.fetch(request_for(target, MESSAGES_STREAM20, stream=True, api="messages"))
+    events = messages_events(raw) if status == 200 else []
+    deltas = sum(
+        1 for name, data in events if name == "content_block_delta" and data["delta"].get("text")
+    )
+    names = [name for name, _ in events]
+    if names[:1] != ["message_start"] or names[-1:] != ["message_stop"] or deltas != 20:
+        raise RuntimeError(
+            f"{target.name}: messages stream answered {status}, {deltas} text deltas, "
+            f"events {names[:2]}...{names[-2:]}"
+        )
+
+
+class NoResponses(RuntimeError):
+    """The target does not serve `/responses` (an Axione from before the Responses ingress)."""
+
+
+def check_responses(target: targets.Target) -> None:
+    """A Responses stream, read whole: `response.created` first, 20 text deltas, then
+    `response.completed` last, with the whole text and the upstream's usage in it."""
+    status, raw = load.fetch(request_for(target, STREAM20, stream=True, api="responses"))
+    if status == 404:
+        raise NoResponses(f"{target.name}: /responses answered {status}: {raw[:300]!r}")
+    events = messages_events(raw) if status == 200 else []
+    deltas = [data["delta"] for name, data in events if name == "response.output_text.delta"]
+    names = [name for name, _ in events]
+    final = events[-1][1].get("response", {}) if events else {}
+    usage = final.get("usage") or {}
+    text = "".join(
+        part.get("text", "") for item in final.get("output", []) for part in item.get("content", [])
+    )
+    if (
+        names[:1] != ["response.created"]
+        or names[-1:] != ["response.completed"]
+        or len([d for d in deltas if d]) != 20
+        or final.get("status") != "completed"
+        or text != "".join(deltas)
+        or usage.get("output_tokens") != 20
+    ):
+        raise RuntimeError(
+            f"{target.name}: responses stream answered {status}, {len(deltas)} text deltas, "
+            f"events {names[:2]}...{names[-2:]}, status {final.get('status')!r}, "
+            f"usage {usage!r}: {raw[:300]!r}"
+        )
 
 
 def check_answers(target: targets.Target) -> None:
@@ -110,6 +238,21 @@ def check_answers(target: targets.Target) -> None:
             f"{target.name}: stream answered {status}, {contents} content chunks, "
             f"last event {events[-1] if events else None!r}"
         )
+    if target.messages_headers is not None:
+        try:
+            check_messages(target)
+        except NoMessages as exc:
+            # Still measured on chat; its Messages figures stay n/a.
+            print(f"  {exc}: no Messages scenarios for it", file=sys.stderr, flush=True)
+            target.messages_headers = None
+            target.notes += "; serves no /messages"
+    if target.responses:
+        try:
+            check_responses(target)
+        except NoResponses as exc:
+            print(f"  {exc}: no Responses scenarios for it", file=sys.stderr, flush=True)
+            target.responses = False
+            target.notes += "; serves no /responses"
 
 
 class Live:
@@ -123,6 +266,10 @@ class Live:
         self.firsts: list[float] = []
         self.stream_totals: list[float] = []
         self.ttfe_failures = 0
+        # The same for Messages streams (targets that serve them).
+        self.messages_firsts: list[float] = []
+        self.messages_stream_totals: list[float] = []
+        self.messages_ttfe_failures = 0
 
 
 def prepare(
@@ -144,6 +291,7 @@ def prepare(
         else:
             live.out["startup_s"] = args.upstream_startup_s
         check_answers(target)
+        live.out["notes"] = target.notes  # check_answers may have added to them
         time.sleep(args.settle)
         live.out["rss_idle_mb"] = live.tree.rss_mb()
         print(
@@ -167,7 +315,7 @@ def load_once(
     core: int | None,
 ) -> dict[str, Any]:
     """One load run against one target, with the CPU it and its neighbours used."""
-    request = request_for(live.target, sc.shape, stream=sc.stream, cached=sc.cached)
+    request = request_for(live.target, sc.shape, stream=sc.stream, cached=sc.cached, api=sc.api)
     cpu0, up0 = live.tree.cpu_seconds(), upstream.cpu_seconds()
     idle0 = sum(o.tree.cpu_seconds() for o in others)
     result = load.run_load(request, sc.connections, seconds, core=core, tool=args.driver)
@@ -206,6 +354,18 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
 
 
+def _ttfe_summary(firsts: list[float], totals: list[float], failures: int) -> dict[str, Any]:
+    return {
+        "samples": len(firsts),
+        "failures": failures,
+        "p50_ms": _pct(firsts, 50),
+        "p90_ms": _pct(firsts, 90),
+        "p99_ms": _pct(firsts, 99),
+        "min_ms": min(firsts, default=0.0),
+        "stream_p50_ms": _pct(totals, 50),
+    }
+
+
 def measure_all(
     lives: list[Live],
     upstream: load.ProcTree,
@@ -227,7 +387,8 @@ def measure_all(
     for rnd in range(args.rounds):
         print(f"round {rnd + 1}/{args.rounds}", flush=True)
         for sc in scenarios:
-            for live in [x for x in lives if not sc.cached or x.name.startswith("axione")]:
+            chosen = [x for x in lives if not sc.cached or x.name.startswith("axione")]
+            for live in [x for x in chosen if serves(x.target, sc)]:
                 others = [o for o in lives if o is not live]
                 try:
                     row = load_once(live, others, upstream, sc, seconds, args, core)
@@ -241,7 +402,7 @@ def measure_all(
                     continue
                 live.out["rounds"].setdefault(sc.name, []).append(row)
                 print(
-                    f"  {live.name:8} {sc.name:14} {row['rps']:9.0f} req/s  "
+                    f"  {live.name:8} {sc.name:21} {row['rps']:9.0f} req/s  "
                     f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
                     f"cpu {row['cpu_ms_per_req']:.3f} ms/req  errors {row['errors']}",
                     flush=True,
@@ -252,20 +413,24 @@ def measure_all(
             live.firsts += got["firsts_ms"]
             live.stream_totals += got["totals_ms"]
             live.ttfe_failures += got["failures"]
-            print(f"  {live.name:8} ttfe           p50 {got['p50_ms']:.2f} ms", flush=True)
+            print(f"  {live.name:8} {'ttfe':21} p50 {got['p50_ms']:.2f} ms", flush=True)
+            if live.target.messages_headers is None:
+                continue
+            paced = request_for(live.target, MESSAGES_PACED, stream=True, api="messages")
+            got = load.ttfe(paced, samples, end=load.MESSAGES_END)
+            live.messages_firsts += got["firsts_ms"]
+            live.messages_stream_totals += got["totals_ms"]
+            live.messages_ttfe_failures += got["failures"]
+            print(f"  {live.name:8} {'messages ttfe':21} p50 {got['p50_ms']:.2f} ms", flush=True)
     time.sleep(args.settle)
     for live in lives:
         for name, rows in live.out["rounds"].items():
             live.out["scenarios"][name] = _median_row(rows)
-        live.out["ttfe"] = {
-            "samples": len(live.firsts),
-            "failures": live.ttfe_failures,
-            "p50_ms": _pct(live.firsts, 50),
-            "p90_ms": _pct(live.firsts, 90),
-            "p99_ms": _pct(live.firsts, 99),
-            "min_ms": min(live.firsts, default=0.0),
-            "stream_p50_ms": _pct(live.stream_totals, 50),
-        }
+        live.out["ttfe"] = _ttfe_summary(live.firsts, live.stream_totals, live.ttfe_failures)
+        if live.target.messages_headers is not None:
+            live.out["ttfe_messages"] = _ttfe_summary(
+                live.messages_firsts, live.messages_stream_totals, live.messages_ttfe_failures
+            )
         live.out["rss_after_mb"] = live.tree.rss_mb()
 
 
@@ -412,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
                                 python=args.python,
                                 source=args.axione_src,
                                 transport=transport,
+                                messages_shapes=MESSAGES_SHAPES,
                             ),
                         )
                     )
@@ -427,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
                             python=args.python,
                             source=args.compare_src,
                             name="axione-compare",
+                            messages_shapes=MESSAGES_SHAPES,
                         ),
                     )
                 )

@@ -2,7 +2,13 @@
 
 Every target is reached at `base_url` + `/chat/completions` with the model
 names of the benchmark's stream shapes (see fake_upstream.py), and all of them
-route to the same fake upstream.
+route to the same fake upstream. Those that serve Anthropic's Messages API
+(`direct` and Axione) are reached at `base_url` + `/messages` too, with
+`messages_headers`; Axione passes those requests through to an `anthropic`
+provider on the same fake upstream. Axione alone is reached at `base_url` +
+`/responses` (OpenAI's Responses API, `responses = True`): its `openai-compatible`
+provider is set to `responses = "translate"`, so a Responses request becomes a
+chat completion to the same fake upstream as the chat scenarios'.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from load import ProcTree
 AXIONE_KEY = "sk-axione-bench-0000000000000000"
 LITELLM_MASTER_KEY = "sk-litellm-bench"
 UPSTREAM_KEY = "sk-fake-upstream"
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 def free_port() -> int:
@@ -51,12 +58,20 @@ class Target:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     notes: str = ""
+    # Anthropic Messages at `base_url` + `/messages`: None when the target does not serve it.
+    messages_headers: dict[str, str] | None = None
+    messages_model_prefix: str = ""
+    # OpenAI Responses at `base_url` + `/responses`, with `headers` and `model()`.
+    responses: bool = False
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     started_at: float = 0.0
 
     def model(self, shape: str) -> str:
         return self.model_prefix + shape
+
+    def messages_model(self, shape: str) -> str:
+        return self.messages_model_prefix + shape
 
     def start(self, log_dir: Path) -> None:
         if self.command is None:
@@ -109,6 +124,7 @@ def direct(upstream_port: int) -> Target:
         name="direct",
         base_url=f"http://127.0.0.1:{upstream_port}/v1",
         headers={"Authorization": f"Bearer {UPSTREAM_KEY}"},
+        messages_headers={"x-api-key": UPSTREAM_KEY, "anthropic-version": ANTHROPIC_VERSION},
         notes="the fake upstream itself: the harness's own ceiling",
     )
 
@@ -123,10 +139,16 @@ def axione(
     source: Path | None = None,
     transport: str | None = None,
     name: str | None = None,
+    messages_shapes: list[str] | None = None,
 ) -> Target:
     """Axione under `python`; `source` (a tree holding axione_asgi/) goes first on
     PYTHONPATH, to measure another checkout than the installed one; `transport`
-    names the provider's upstream transport (`httpx`, `aiohttp`), when set."""
+    names the provider's upstream transport (`httpx`, `aiohttp`), when set;
+    `messages_shapes`, when set, are the models of an `anthropic` provider on the
+    same fake upstream, which Messages requests are passed through to. Responses
+    requests (`/responses`) are translated to chat completions by the
+    `openai-compatible` provider (`responses = "translate"`), unless `source` is a
+    tree from before the Responses ingress (its strict config knows no `responses`)."""
     port = free_port()
     env = {"PYTHONPATH": str(source)} if source is not None else {}
     name = name or (f"axione-{transport}" if transport else "axione")
@@ -134,8 +156,11 @@ def axione(
     # is for tests): over a long run it grew the heap by ~0.3 KB a request, and
     # the CPU per request of later rounds with it.
     ledger = f"sqlite:///{work / f'{name}-ledger.db'}"
+    responses = source is None or (source / "axione_asgi/ingress/openai_responses.py").exists()
     config = work / f"{name}.toml"
-    config.write_text(_axione_toml(upstream_port, shapes, ledger, transport))
+    config.write_text(
+        _axione_toml(upstream_port, shapes, ledger, transport, messages_shapes, responses)
+    )
     command = [
         python,
         "-m",
@@ -153,6 +178,13 @@ def axione(
         base_url=f"http://127.0.0.1:{port}/api/v1",
         model_prefix="openai/",
         headers={"Authorization": f"Bearer {AXIONE_KEY}"},
+        messages_headers=(
+            {"x-api-key": AXIONE_KEY, "anthropic-version": ANTHROPIC_VERSION}
+            if messages_shapes
+            else None
+        ),
+        messages_model_prefix="anthropic/",
+        responses=responses,
         command=pinned(command, core),
         env=env,
         # `python -m` puts the working folder first on sys.path: run from the
@@ -164,10 +196,28 @@ def axione(
 
 
 def _axione_toml(
-    upstream_port: int, shapes: list[str], ledger: str, transport: str | None = None
+    upstream_port: int,
+    shapes: list[str],
+    ledger: str,
+    transport: str | None = None,
+    messages_shapes: list[str] | None = None,
+    responses: bool = True,
 ) -> str:
     models = ", ".join(f'"{s}" = "{s}"' for s in shapes)
+    # Responses -> a chat completion upstream (the default of `openai-compatible`, written out).
+    responses_line = 'responses = "translate"\n' if responses else ""
     transport_line = f'transport = "{transport}"\n' if transport else ""
+    anthropic = ""
+    if messages_shapes:
+        # The Messages pass-through: `kind = "anthropic"` posts to {base_url}/v1/messages.
+        claude = ", ".join(f'"{s}" = "{s}"' for s in messages_shapes)
+        anthropic = f"""
+[providers.anthropic]
+kind = "anthropic"
+base_url = "http://127.0.0.1:{upstream_port}"
+api_key = "{UPSTREAM_KEY}"
+models = {{ {claude} }}
+{transport_line}"""
     digest = hashlib.sha256(AXIONE_KEY.encode()).hexdigest()
     return f"""\
 [storage]
@@ -180,7 +230,7 @@ kind = "openai-compatible"
 base_url = "http://127.0.0.1:{upstream_port}/v1"
 api_key = "{UPSTREAM_KEY}"
 models = {{ {models} }}
-{transport_line}
+{responses_line}{transport_line}{anthropic}
 [cache]
 enabled = true                  # only temperature-0 requests: the cache_hit scenario
 

@@ -1,12 +1,14 @@
 """The real Claude Code CLI (`claude -p`) through a real `axione serve`, to fake upstreams.
 
-One `axione serve` subprocess on 127.0.0.1 has two providers: `anthropic`
-(kind anthropic, the strict Anthropic fake: the Messages pass-through) and
+One `axione serve` subprocess on 127.0.0.1 has three providers: `anthropic`
+(kind anthropic, the strict Anthropic fake: the Messages pass-through),
 `openai` (the OpenAI fake: the Messages dialect translated to Chat
-Completions). `[aliases]` sends `claude-*` to the first and `gpt-4o` to the
-second. Each `claude` run gets its own gateway key, an empty HOME and an empty
-working directory, an environment holding nothing but what it needs, and
-only 127.0.0.1 URLs.
+Completions) and `google` (kind gemini, the strict Gemini fake: the Messages
+dialect translated to generateContent). `[aliases]` sends `claude-*` to the
+first, `gpt-4o` to the second and `gemini-2.5-flash` to the third. Each
+`claude` run gets its own gateway key, an empty HOME and an empty working
+directory, an environment holding nothing but what it needs, and only
+127.0.0.1 URLs.
 
 Between Claude Code and the gateway sits a recording proxy (in a thread, on
 127.0.0.1): it forwards every request and answer unchanged and keeps both, so
@@ -37,6 +39,8 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from tests.fakes.anthropic_fake import FAKE_API_KEY, MID_CONVERSATION_SYSTEM_BETA, FakeAnthropic
+from tests.fakes.gemini_fake import FAKE_KEY as FAKE_GEMINI_KEY
+from tests.fakes.gemini_fake import GeminiFake
 from tests.fakes.openai_fake import FAKE_OPENAI_KEY, FakeOpenAI
 from tests.helpers import AxioneServer, free_port, run_cli, serve_in_thread
 
@@ -52,6 +56,7 @@ pytestmark = pytest.mark.skipif(
 OPUS = "claude-opus-4-8"
 # An older name: thinking with a budget, no system turns, signatures to send back.
 SONNET = "claude-sonnet-4-5-20250929"
+GEMINI = "gemini-2.5-flash"
 CLAUDE_TIMEOUT_S = 90
 MESSAGES_PATH = "/api/v1/messages"
 SESSION_HEADER = "x-claude-code-session-id"
@@ -71,6 +76,7 @@ counters = "memory://"
 [aliases]
 "claude-*" = "anthropic/claude-*"
 "gpt-4o" = "openai/gpt-4o"
+"{gemini_model}" = "google/{gemini_model}"
 
 [providers.anthropic]
 kind = "anthropic"
@@ -85,6 +91,13 @@ base_url = "{openai}/v1"
 api_key = "{openai_key}"
 timeout_s = 30
 models = {{ "gpt-4o" = "gpt-4o-2024-08-06" }}
+
+[providers.google]
+kind = "gemini"
+base_url = "{gemini}"
+api_key = "{gemini_key}"
+timeout_s = 30
+models = {{ "{gemini_model}" = "{gemini_model}" }}
 """
 
 
@@ -171,6 +184,7 @@ class Gateway:
     proxy_url: str
     anthropic: FakeAnthropic
     openai: FakeOpenAI
+    gemini: GeminiFake
     config: Path
     db: Path
     root: Path
@@ -231,9 +245,15 @@ class Run:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("claude-code")
-    anthropic, openai = FakeAnthropic(), FakeOpenAI()
-    anthropic.tool_names = []  # answer with text, though Claude Code offers tools
-    with serve_in_thread(anthropic) as anthropic_url, serve_in_thread(openai) as openai_url:
+    anthropic, openai, gemini = FakeAnthropic(), FakeOpenAI(), GeminiFake()
+    # Answer with text, though Claude Code offers tools.
+    anthropic.tool_names = []
+    gemini.tool_names = []
+    with (
+        serve_in_thread(anthropic) as anthropic_url,
+        serve_in_thread(openai) as openai_url,
+        serve_in_thread(gemini) as gemini_url,
+    ):
         db = root / "axione.db"
         config = root / "axione.toml"
         config.write_text(
@@ -243,6 +263,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 anthropic_key=FAKE_API_KEY,
                 openai=openai_url,
                 openai_key=FAKE_OPENAI_KEY,
+                gemini=gemini_url,
+                gemini_key=FAKE_GEMINI_KEY,
+                gemini_model=GEMINI,
             )
         )
         server = AxioneServer(["--config", str(config)], cwd=root, port=free_port())
@@ -250,7 +273,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             server.wait_ready()
             proxy = RecordingProxy(server.base_url)
             with serve_in_thread(proxy) as proxy_url:
-                yield Gateway(server, proxy, proxy_url, anthropic, openai, config, db, root)
+                yield Gateway(server, proxy, proxy_url, anthropic, openai, gemini, config, db, root)
         finally:
             server.stop()
 
@@ -429,4 +452,61 @@ def test_claude_code_translated_to_openai(gateway: Gateway) -> None:
     assert {"content_block_start", "content_block_delta", "message_delta"} <= set(names)
     assert events[0][1]["message"]["model"] == "gpt-4o"
     (row,) = _assert_charged(gateway, key_id, run, "openai/gpt-4o")
+    _assert_usage_matches(run, row)
+
+
+# -- translated to the Gemini fake ------------------------------------------------------
+
+
+def test_claude_code_translated_to_gemini(gateway: Gateway) -> None:
+    key_id, key = gateway.create_key("claude-gemini")
+    fake = gateway.gemini
+    before = len(fake.requests)
+    run = run_claude(gateway, key, GEMINI, "Reply with the word papaya")
+    result = run.result
+    # The Gemini fake echoes the last user turn: Claude Code's reminder, then the prompt.
+    assert result["result"].rstrip().endswith("Reply with the word papaya"), result
+    assert len(run.sent) == 1, [s.path for s in run.sent]
+    sent = run.sent[0].json()
+    # One streamed generateContent call, on the provider's key, that the strict fake took.
+    assert len(fake.requests) == before + 1
+    got = fake.requests[before]
+    assert (got.path, got.query) == (
+        f"/v1beta/models/{GEMINI}:streamGenerateContent",
+        {"alt": "sse"},
+    )
+    assert got.headers["x-goog-api-key"] == FAKE_GEMINI_KEY
+    assert key not in json.dumps(got.headers)
+    assert run.sent[0].status == 200
+    body = fake.validate(got.body, GEMINI)
+    # Claude Code's system blocks and its steering system turn are the system
+    # instruction; its user turn the one content; its tools, function declarations.
+    (instruction,) = body["systemInstruction"]["parts"]
+    steering = [m["content"] for m in sent["messages"] if m["role"] == "system"]
+    assert steering and all(
+        (c if isinstance(c, str) else "".join(b["text"] for b in c)) in instruction["text"]
+        for c in steering
+    )
+    assert all(block["text"] in instruction["text"] for block in sent["system"])
+    assert [c["role"] for c in body["contents"]] == ["user"]
+    assert body["contents"][0]["parts"][-1]["text"].rstrip().endswith("Reply with the word papaya")
+    (tools,) = body["tools"]
+    assert [d["name"] for d in tools["functionDeclarations"]] == [t["name"] for t in sent["tools"]]
+    # Adaptive thinking asks for Gemini's thoughts; max_tokens is maxOutputTokens.
+    config = body["generationConfig"]
+    assert config["maxOutputTokens"] == sent["max_tokens"]
+    assert config["thinkingConfig"]["includeThoughts"] is True
+    # The translated stream: Anthropic's events, the thought summary a thinking block,
+    # named after the model asked for.
+    events = run.sent[0].events()
+    names = [e for e, _ in events]
+    assert names[0] == "message_start" and names[-1] == "message_stop", names
+    assert events[0][1]["message"]["model"] == GEMINI
+    blocks = [data["content_block"]["type"] for e, data in events if e == "content_block_start"]
+    assert blocks == ["thinking", "text"], blocks
+    thought = "".join(
+        data["delta"].get("thinking", "") for e, data in events if e == "content_block_delta"
+    )
+    assert thought == "Thinking it over."
+    (row,) = _assert_charged(gateway, key_id, run, f"google/{GEMINI}")
     _assert_usage_matches(run, row)

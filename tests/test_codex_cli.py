@@ -1,13 +1,14 @@
 """The real Codex CLI (`codex exec`) through a real `axione serve`, to fake upstreams.
 
-One `axione serve` subprocess on 127.0.0.1 has two providers: `openai` (kind
-openai, the strict Responses fake: the Responses pass-through) and `anthropic`
-(the strict Anthropic fake: Responses translated to Messages). `[aliases]`
-sends Codex's bare model names to them. Each `codex exec` run gets its own
-gateway key, an empty HOME, a CODEX_HOME holding only a `config.toml` that
-points the `axione` model provider at the gateway (telemetry, plugin sync and
-update checks off), an empty working directory, an environment holding
-nothing but what it needs, and only 127.0.0.1 URLs.
+One `axione serve` subprocess on 127.0.0.1 has three providers: `openai`
+(kind openai, the strict Responses fake: the Responses pass-through),
+`anthropic` (the strict Anthropic fake: Responses translated to Messages) and
+`google` (kind gemini, the strict Gemini fake: Responses translated to
+generateContent). `[aliases]` sends Codex's bare model names to them. Each
+`codex exec` run gets its own gateway key, an empty HOME, a CODEX_HOME holding
+only a `config.toml` that points the `axione` model provider at the gateway
+(telemetry, plugin sync and update checks off), an empty working directory, an
+environment holding nothing but what it needs, and only 127.0.0.1 URLs.
 
 Between Codex and the gateway sits a recording proxy (in a thread, on
 127.0.0.1): it forwards every request and answer unchanged and keeps both, so
@@ -17,10 +18,12 @@ turn with one round trip of Codex's shell tool (`exec_command`), which writes
 a file in the scratch folder. Codex keeps its default tools, so the strict
 fakes take (and the translation handles) what it really sends: developer
 messages, a `namespace` tool, `web_search`, `client_metadata`, encrypted
-reasoning sent back with `store: false`. Codex retries nothing (its provider
-says so), so a failure shows at once. The ledger (the serve's SQLite file, read
-directly) must hold one row per request, on the key that made it, with the
-dialect `openai-responses`, and add up to the usage Codex reports.
+reasoning sent back with `store: false`. (Gemini's shell-tool turn goes without
+`web_search`: Gemini 2.x takes no built-in tool beside function declarations.)
+Codex retries nothing (its provider says so), so a failure shows at once. The
+ledger (the serve's SQLite file, read directly) must hold one row per request,
+on the key that made it, with the dialect `openai-responses`, and add up to the
+usage Codex reports.
 
 Skipped when `codex` is not on PATH; CI installs it (`.ci/run`).
 """
@@ -44,6 +47,8 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from tests.fakes.anthropic_fake import FAKE_API_KEY, FakeAnthropic
+from tests.fakes.gemini_fake import FAKE_KEY as FAKE_GEMINI_KEY
+from tests.fakes.gemini_fake import GeminiFake
 from tests.fakes.openai_responses_fake import FAKE_RESPONSES_KEY, THOUGHT, FakeOpenAIResponses
 from tests.helpers import AxioneServer, free_port, run_cli, serve_in_thread
 
@@ -57,6 +62,7 @@ GPT = "gpt-5-codex"  # Codex's name; the gateway maps it to GPT_UPSTREAM
 GPT_UPSTREAM = "gpt-5.1-codex"
 CLAUDE = "claude-sonnet-4-5"
 CLAUDE_UPSTREAM = "claude-sonnet-4-5-20250929"
+GEMINI = "gemini-2.5-flash"
 CODEX_TIMEOUT_S = 90
 RESPONSES_PATH = "/api/v1/responses"
 IGNORED_TOOLS = "x-axione-ignored-tools"
@@ -80,6 +86,7 @@ counters = "memory://"
 [aliases]
 "{gpt}" = "openai/{gpt}"
 "{claude}" = "anthropic/{claude}"
+"{gemini_model}" = "google/{gemini_model}"
 
 [providers.openai]
 kind = "openai"
@@ -94,6 +101,13 @@ base_url = "{anthropic}"
 api_key = "{anthropic_key}"
 timeout_s = 30
 models = {{ "{claude}" = "{claude_upstream}" }}
+
+[providers.google]
+kind = "gemini"
+base_url = "{gemini}"
+api_key = "{gemini_key}"
+timeout_s = 30
+models = {{ "{gemini_model}" = "{gemini_model}" }}
 """
 
 # Codex's config.toml: the gateway as its model provider, and nothing that leaves
@@ -200,6 +214,7 @@ class Gateway:
     proxy_url: str
     openai: FakeOpenAIResponses
     anthropic: FakeAnthropic
+    gemini: GeminiFake
     config: Path
     db: Path
     root: Path
@@ -274,11 +289,16 @@ class Run:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("codex-cli")
-    openai, anthropic = FakeOpenAIResponses(), FakeAnthropic()
+    openai, anthropic, gemini = FakeOpenAIResponses(), FakeAnthropic(), GeminiFake()
     # Answer with text, though Codex offers tools; the tool tests name the shell tool.
     openai.tool_names = []
     anthropic.tool_names = []
-    with serve_in_thread(openai) as openai_url, serve_in_thread(anthropic) as anthropic_url:
+    gemini.tool_names = []
+    with (
+        serve_in_thread(openai) as openai_url,
+        serve_in_thread(anthropic) as anthropic_url,
+        serve_in_thread(gemini) as gemini_url,
+    ):
         db = root / "axione.db"
         config = root / "axione.toml"
         config.write_text(
@@ -292,6 +312,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 openai_key=FAKE_RESPONSES_KEY,
                 anthropic=anthropic_url,
                 anthropic_key=FAKE_API_KEY,
+                gemini=gemini_url,
+                gemini_key=FAKE_GEMINI_KEY,
+                gemini_model=GEMINI,
             )
         )
         server = AxioneServer(["--config", str(config)], cwd=root, port=free_port())
@@ -299,7 +322,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             server.wait_ready()
             proxy = RecordingProxy(server.base_url)
             with serve_in_thread(proxy) as proxy_url:
-                yield Gateway(server, proxy, proxy_url, openai, anthropic, config, db, root)
+                yield Gateway(server, proxy, proxy_url, openai, anthropic, gemini, config, db, root)
         finally:
             server.stop()
 
@@ -343,7 +366,7 @@ def _tools(body: dict[str, Any]) -> list[tuple[str, str | None]]:
     return [(t["type"], t.get("name")) for t in body["tools"]]
 
 
-def _assert_codex_request(body: dict[str, Any], prompt: str) -> None:
+def _assert_codex_request(body: dict[str, Any], prompt: str, *, web_search: bool = True) -> None:
     """What Codex sends (and the strict fakes take, as the real APIs do)."""
     assert body["stream"] is True and body["store"] is False
     assert body["include"] == ["reasoning.encrypted_content"]
@@ -353,7 +376,7 @@ def _assert_codex_request(body: dict[str, Any], prompt: str) -> None:
     assert isinstance(body["client_metadata"], dict) and body["client_metadata"]
     tools = _tools(body)
     assert ("function", "exec_command") in tools and ("namespace", "multi_agent_v1") in tools
-    assert ("web_search", None) in tools
+    assert (("web_search", None) in tools) is web_search
     roles = [i.get("role") for i in body["input"] if i["type"] == "message"]
     assert roles[0] == "developer" and roles[-1] == "user", roles
     users = [i for i in body["input"] if i.get("role") == "user"]
@@ -475,8 +498,10 @@ def _assert_translated(gateway: Gateway, run: Run, before: int) -> list[dict[str
         assert headers["x-api-key"] == FAKE_API_KEY
         assert sent.headers["authorization"].split()[1] not in json.dumps(headers)
         # Codex's developer messages are the system prompt (a block each, its parts
-        # joined); its function tools, tools; web_search is Anthropic's own; the
-        # namespace is left out, and named.
+        # joined); its function tools, tools; its web_search becomes Anthropic's own
+        # when it asks for live access (full-access runs do), and is left out, and
+        # named, when it asks for none (`external_web_access: false`), which no
+        # backend search promises; the namespace has no equivalent: left out, named.
         developer = [
             "".join(part["text"] for part in item["content"])
             for item in codex["input"]
@@ -484,10 +509,14 @@ def _assert_translated(gateway: Gateway, run: Run, before: int) -> list[dict[str
         ]
         assert [block["text"] for block in body["system"]] == developer
         functions = [name for kind, name in _tools(codex) if kind == "function"]
-        assert [t["name"] for t in body["tools"] if "input_schema" in t] == functions
-        (search,) = [t for t in body["tools"] if "input_schema" not in t]
-        assert search["name"] == "web_search" and search["type"].startswith("web_search_")
-        assert sent.answer_headers[IGNORED_TOOLS] == "multi_agent_v1"
+        searches = [t for t in codex["tools"] if t.get("type") == "web_search"]
+        live = any(t.get("external_web_access") is not False for t in searches)
+        custom = [t for t in body["tools"] if "input_schema" in t]
+        assert [t["name"] for t in custom] == functions
+        server = [t for t in body["tools"] if "input_schema" not in t]
+        assert [t["name"] for t in server] == (["web_search"] if live else [])
+        left_out = "multi_agent_v1,web_search" if searches and not live else "multi_agent_v1"
+        assert sent.answer_headers[IGNORED_TOOLS] == left_out
         names = [event for event, _ in sent.events()]
         assert names[:2] == ["response.created", "response.in_progress"], names
         assert names[-1] == "response.completed", names
@@ -546,3 +575,111 @@ def test_codex_shell_tool_round_trip_translated_to_anthropic(gateway: Gateway) -
     # The fake's opening text is an agent message of its own.
     assert run.items("agent_message")[0]["text"] == said["text"]
     _assert_charged(gateway, key_id, run, f"anthropic/{CLAUDE}")
+
+
+# -- translated to the Gemini fake ----------------------------------------------------
+
+# Codex without its web_search tool, so that the request is the lean one.
+NO_WEB_SEARCH = ("-c", 'web_search="disabled"')
+
+
+def _assert_translated_to_gemini(gateway: Gateway, run: Run, before: int) -> list[dict[str, Any]]:
+    """Each Codex request became one streamed generateContent call the strict fake took."""
+    fake = gateway.gemini
+    got = fake.requests[before:]
+    assert len(got) == len(run.sent)
+    bodies = []
+    for sent, request in zip(run.sent, got, strict=True):
+        codex = sent.json()
+        assert request.path == f"/v1beta/models/{GEMINI}:streamGenerateContent"
+        assert request.query == {"alt": "sse"}
+        assert request.headers["x-goog-api-key"] == FAKE_GEMINI_KEY
+        assert sent.headers["authorization"].split()[1] not in json.dumps(request.headers)
+        assert sent.status == 200, sent.answer
+        body = fake.validate(request.body, GEMINI)
+        bodies.append(body)
+        # Codex's developer messages are the system instruction (joined); its user
+        # messages the first user turn's parts; its function tools, declarations; the
+        # namespace is left out, and named.
+        developer = [
+            "".join(part["text"] for part in item["content"])
+            for item in codex["input"]
+            if item.get("role") == "developer"
+        ]
+        assert body["systemInstruction"] == {"parts": [{"text": "\n\n".join(developer)}]}
+        users = [
+            part["text"]
+            for item in codex["input"]
+            if item.get("role") == "user"
+            for part in item["content"]
+        ]
+        assert body["contents"][0] == {"role": "user", "parts": [{"text": t} for t in users]}
+        functions = [name for kind, name in _tools(codex) if kind == "function"]
+        declared = [d["name"] for t in body["tools"] for d in t.get("functionDeclarations", [])]
+        assert declared == functions
+        assert body["toolConfig"] == {"functionCallingConfig": {"mode": "AUTO"}}
+        searched = ("web_search", None) in _tools(codex)
+        left_out = "multi_agent_v1,web_search" if searched else "multi_agent_v1"
+        assert sent.answer_headers[IGNORED_TOOLS] == left_out
+        names = [event for event, _ in sent.events()]
+        assert names[:2] == ["response.created", "response.in_progress"], names
+        assert names[-1] == "response.completed", names
+        models = {data["response"]["model"] for _, data in sent.events() if "response" in data}
+        assert models == {GEMINI}, models
+    return bodies
+
+
+def test_codex_text_turn_translated_to_gemini(gateway: Gateway) -> None:
+    key_id, key = gateway.create_key("codex-gemini")
+    before = len(gateway.gemini.requests)
+    prompt = "Reply with the word papaya"
+    run = run_codex(gateway, key, GEMINI, prompt)
+    # The fake echoes the last user turn: Codex's environment context, then the prompt.
+    assert run.answer.endswith(prompt), run.explain()
+    assert len(run.sent) == 1
+    _assert_codex_request(run.sent[0].json(), prompt)
+    (body,) = _assert_translated_to_gemini(gateway, run, before)
+    assert [c["role"] for c in body["contents"]] == ["user"]
+    assert body["contents"][0]["parts"][-1] == {"text": prompt}
+    _assert_charged(gateway, key_id, run, f"google/{GEMINI}")
+
+
+def test_codex_shell_tool_round_trip_translated_to_gemini(gateway: Gateway) -> None:
+    key_id, key = gateway.create_key("codex-gemini-tools")
+    fake = gateway.gemini
+    before = len(fake.requests)
+    fake.tool_names = ["exec_command"]
+    fake.tool_args = {"cmd": SHELL_COMMAND}
+    try:
+        run = run_codex(gateway, key, GEMINI, "Run the command", *NO_WEB_SEARCH, *RUN_COMMANDS)
+    finally:
+        fake.tool_names, fake.tool_args = [], None
+    assert run.events, run.explain()
+    assert (run.work / "out.txt").read_text() == "hi\n"
+    (command,) = run.items("command_execution")
+    assert SHELL_COMMAND in command["command"] and command["exit_code"] == 0, command
+    # The fake's functionCall reached Codex as a function_call; its output came back to
+    # the fake as the functionResponse answering that call.
+    assert len(run.sent) == 2
+    first, second = _assert_translated_to_gemini(gateway, run, before)
+    _assert_codex_request(run.sent[0].json(), "Run the command", web_search=False)
+    assert all(list(t) == ["functionDeclarations"] for t in first["tools"] + second["tools"])
+    codex_call, codex_output = (
+        i for i in run.sent[1].json()["input"] if i["type"].startswith("function_call")
+    )
+    assert codex_call["name"] == "exec_command"
+    assert json.loads(codex_call["arguments"]) == {"cmd": SHELL_COMMAND}
+    assert codex_output["call_id"] == codex_call["call_id"]
+    assert second["contents"][:1] == first["contents"]
+    called, answered = second["contents"][1:]
+    assert called == {
+        "role": "model",
+        "parts": [{"functionCall": {"name": "exec_command", "args": {"cmd": SHELL_COMMAND}}}],
+    }
+    (response,) = answered["parts"]
+    assert answered["role"] == "user" and response["functionResponse"]["name"] == "exec_command"
+    assert response["functionResponse"]["response"] == {"content": codex_output["output"]}
+    assert "exited with code 0" in codex_output["output"]
+    # The fake reports the function's response, as the turn's answer.
+    assert run.answer.startswith("exec_command returned ") and "exited with code 0" in run.answer
+    _assert_charged(gateway, key_id, run, f"google/{GEMINI}")

@@ -215,3 +215,64 @@ async def test_stream_events_are_crlf_framed() -> None:
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.text.startswith("data: {")
     assert response.text.endswith("\r\n\r\n")
+
+
+# -- knobs and tool combinations ------------------------------------------------------
+FUNCTIONS: dict[str, Any] = {
+    "functionDeclarations": [
+        {"name": "f", "parameters": {"type": "OBJECT", "properties": {"a": {"type": "STRING"}}}},
+        {"name": "g", "parameters": {"type": "OBJECT", "properties": {"b": {"type": "STRING"}}}},
+    ]
+}
+TWO_FUNCTIONS = {**HELLO, "tools": [FUNCTIONS]}
+
+
+async def test_tool_names_choose_the_function_and_tool_args_its_args() -> None:
+    fake = GeminiFake()
+    default = await post(fake, TWO_FUNCTIONS)
+    fake.tool_names, fake.tool_args = ["missing", "g"], {"b": "chosen", "n": 2}
+    chosen = await post(fake, TWO_FUNCTIONS)
+    fake.tool_names = []
+    text = await post(fake, TWO_FUNCTIONS)
+    (part,) = default.json()["candidates"][0]["content"]["parts"]
+    assert part["functionCall"] == {"name": "f", "args": {"a": "hello"}}
+    (part,) = chosen.json()["candidates"][0]["content"]["parts"]
+    assert part["functionCall"] == {"name": "g", "args": {"b": "chosen", "n": 2}}
+    assert text.json()["candidates"][0]["content"]["parts"] == [{"text": "hello"}]
+
+
+async def test_built_in_tools_beside_function_declarations_need_gemini_3_and_the_flag() -> None:
+    tools = [{"googleSearch": {}}, FUNCTIONS]
+    both = {**HELLO, "tools": tools}
+    gemini3 = "/v1beta/models/gemini-3-flash-preview:generateContent"
+    flagged = {**both, "toolConfig": {"includeServerSideToolInvocations": True}}
+    refused = await post(GeminiFake(), both)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        "Tool use with function calling is unsupported by the model."
+    )
+    assert (await post(GeminiFake(), both, url=gemini3)).status_code == 400
+    assert (await post(GeminiFake(), flagged, url=gemini3)).status_code == 200
+    # Either kind alone is fine on any model.
+    assert (await post(GeminiFake(), {**HELLO, "tools": tools[:1]})).status_code == 200
+    assert (await post(GeminiFake(), TWO_FUNCTIONS)).status_code == 200
+
+
+async def test_sdk_combines_search_and_a_function_on_gemini_3() -> None:
+    def get_weather(city: str) -> str:
+        """Weather for a city."""
+        return "sunny"
+
+    fake = GeminiFake()
+    response = await sdk(fake).aio.models.generate_content(
+        model="gemini-3-flash-preview",
+        contents="Paris",
+        config=types.GenerateContentConfig(
+            tools=[types.Tool(google_search=types.GoogleSearch()), get_weather],
+            tool_config=types.ToolConfig(include_server_side_tool_invocations=True),
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        ),
+    )
+    assert fake.last_body["toolConfig"] == {"includeServerSideToolInvocations": True}
+    assert response.function_calls is not None
+    assert response.function_calls[0].name == "get_weather"

@@ -285,10 +285,11 @@ def test_requests_that_differ_in_an_answer_changing_field_never_share_a_key(
     assert _key(base) != _key(changed)
 
 
-@given(user=st.text(max_size=20), include_usage=st.booleans())
-@settings(max_examples=50, deadline=None)
-def test_fields_that_do_not_change_the_answer_share_a_key(user: str, include_usage: bool) -> None:
-    changed = {**_BASE, "user": user, "stream_options": {"include_usage": include_usage}}
+@given(include_usage=st.booleans())
+@settings(max_examples=10, deadline=None)
+def test_fields_that_do_not_change_the_answer_share_a_key(include_usage: bool) -> None:
+    # `user` is not one of them: end users behind one key get entries of their own.
+    changed = {**_BASE, "stream_options": {"include_usage": include_usage}}
     assert _key(_BASE) == _key(changed)
 
 

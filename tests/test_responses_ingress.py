@@ -484,3 +484,42 @@ async def test_codexs_session_header_is_kept_in_the_ledger() -> None:
         await gw.inner.runtime.quota.stop()
         records = gw.inner.runtime.quota.ledger.records()
     assert [r.session_id for r in records] == ["codex-session-9"]
+
+
+@pytest.mark.parametrize("cut", [0, 2, 5])
+async def test_a_cut_pass_through_stream_ends_with_an_error_event(cut: int) -> None:
+    backend = new_backend("openai-native")
+    backend.fake.cut_stream_after = cut
+    async with gateway(backend) as gw, gw.http() as http:
+        answer = await http.post(
+            "/v1/responses",
+            headers={"authorization": f"Bearer {gw.key}"},
+            json={"model": "openai-native/gpt-5", "input": "cut me short", "stream": True},
+        )
+    names = [line[7:] for line in answer.text.splitlines() if line.startswith("event: ")]
+    assert names[-1] == "error"
+    assert "ended the stream before the answer was complete" in answer.text
+
+
+async def test_web_search_without_live_access_is_left_out_and_named() -> None:
+    backend = new_backend("anthropic")
+    async with gateway(backend) as gw:
+        raw = await sdk(gw).responses.with_raw_response.create(
+            model=backend.model,
+            input="Hi",
+            tools=[{"type": "web_search", "external_web_access": False}],  # type: ignore[list-item]
+        )
+    assert raw.headers["x-axione-ignored-tools"] == "web_search"
+    assert "tools" not in backend.fake.last_request
+
+
+async def test_gemini_before_3_takes_no_search_beside_functions_so_it_is_named() -> None:
+    backend = new_backend("gemini")
+    async with gateway(backend) as gw:
+        raw = await sdk(gw).responses.with_raw_response.create(
+            model=backend.model,
+            input="Hi",
+            tools=[{"type": "web_search"}, WEATHER],  # type: ignore[list-item]
+        )
+    assert raw.headers["x-axione-ignored-tools"] == "web_search"
+    assert [list(t) for t in backend.fake.last_body["tools"]] == [["functionDeclarations"]]

@@ -133,7 +133,10 @@ def test_a_tool_round_trip_to_anthropic(live: Live) -> None:
 
 @pytest.mark.anyio
 async def test_the_async_client_streams_too(live: Live) -> None:
-    async with live.aio().responses.stream(model="demo/echo", input="async words") as stream:
+    async with (
+        live.aio() as client,  # closed here: its sockets belong to this test's loop
+        client.responses.stream(model="demo/echo", input="async words") as stream,
+    ):
         final = await stream.get_final_response()
     assert final.output_text == "async words"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Sequence
 
 import httpx
@@ -160,3 +161,150 @@ async def test_a_character_split_between_blocks_decodes_whole() -> None:
     decoder = SSEDecoder()
     events = [e for i in range(len(payload)) for e in decoder.feed(payload[i : i + 1])]
     assert [e.data for e in events] == ["h\u00e9llo \u2603"]
+
+
+# -- the decoder's work is linear in its input (issue 17) -----------------------
+
+
+class ReferenceDecoder:
+    """The decoder as it was before issue 17 (re-joining its whole pending buffer per block).
+
+    Its events are the reference: the linear decoder must give the same ones.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._event = "message"
+        self._data: list[str] = []
+        self._id: str | None = None
+
+    def feed(self, block: bytes) -> list[SSEEvent]:
+        buffer = self._pending + block if self._pending else block
+        held_cr = b""
+        if b"\r" in buffer:
+            if buffer.endswith(b"\r"):
+                buffer, held_cr = buffer[:-1], b"\r"
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buffer.split(b"\n")
+        self._pending = lines.pop() + held_cr
+        events: list[SSEEvent] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    events.append(SSEEvent(self._event, "\n".join(data), self._id))
+                    data = self._data = []
+                self._event = "message"
+                continue
+            if line[0] == 0x3A:
+                continue
+            name, sep, raw = line.partition(b":")
+            if sep and raw[:1] == b" ":
+                raw = raw[1:]
+            value = raw.decode("utf-8", "replace")
+            if name == b"data":
+                data.append(value)
+            elif name == b"event":
+                self._event = value or "message"
+            elif name == b"id":
+                self._id = value
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        return self.feed(b"\n\n")
+
+
+# Streams rich in what the decoder must get right: line endings of every
+# kind (a CRLF cut anywhere), fields, comments, blank lines, multibyte text.
+STREAM_PIECES = st.sampled_from(
+    [
+        *(b"\n", b"\r", b"\r\n", b"data", b"data:", b"data: ", b"event: ping", b"id: 7", b":"),
+        *(b" ", b"x", b"yz", "h\u00e9".encode(), "\u2603".encode(), b"\xff", b"retry: 5"),
+    ]
+)
+RAW_STREAMS = st.lists(STREAM_PIECES, max_size=40).map(b"".join) | st.binary(max_size=200)
+
+
+def decoded(decoder: SSEDecoder | ReferenceDecoder, blocks: Sequence[bytes]) -> list[SSEEvent]:
+    events = [event for block in blocks for event in decoder.feed(block)]
+    return events + decoder.close()
+
+
+def cut(stream: bytes, splits: Sequence[int]) -> list[bytes]:
+    cuts = sorted({s % (len(stream) + 1) for s in splits} | {0, len(stream)})
+    return [stream[start:end] for start, end in itertools.pairwise(cuts)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(stream=RAW_STREAMS, splits=st.lists(st.integers(min_value=0), max_size=12))
+def test_any_split_gives_the_events_of_the_whole_and_of_the_reference_decoder(
+    stream: bytes, splits: list[int]
+) -> None:
+    whole = decoded(SSEDecoder(), [stream])
+    assert decoded(SSEDecoder(), cut(stream, splits)) == whole
+    assert decoded(ReferenceDecoder(), cut(stream, splits)) == whole
+
+
+@settings(max_examples=100, deadline=None)
+@given(stream=RAW_STREAMS)
+def test_byte_by_byte_gives_the_events_of_the_whole(stream: bytes) -> None:
+    blocks = [stream[i : i + 1] for i in range(len(stream))] + [b""]
+    assert decoded(SSEDecoder(), blocks) == decoded(ReferenceDecoder(), [stream])
+
+
+BLOCK = 64 * 1024
+
+
+def bytes_allocated(decoder: SSEDecoder | ReferenceDecoder, blocks: Sequence[bytes]) -> int:
+    """The bytes `decoder.feed` allocates (copies) over `blocks`: the peak of each call, summed.
+
+    Deterministic, unlike a time: each re-join of the pending buffer
+    allocates the whole buffer again.
+    """
+    total = 0
+    tracemalloc.start()
+    try:
+        for block in blocks:
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            decoder.feed(block)
+            total += tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    return total
+
+
+@pytest.mark.parametrize("line_end", [b"\n\n", b"\r\n\r\n", b"\r\r"])
+def test_a_long_line_in_many_blocks_costs_work_linear_in_its_size(line_end: bytes) -> None:
+    block = b"x" * BLOCK
+    count = 128  # one 8 MiB data line, in 64 KiB reads
+    blocks = [b"data: ", *([block] * count), line_end]
+    decoder = SSEDecoder()
+    allocated = bytes_allocated(decoder, blocks[:-1])
+    # Before: each block re-joined what was pending: 128 * 129 / 2 * 64 KiB = 516 MiB.
+    assert allocated < 4 * BLOCK
+    assert decoder.pending_bytes == len(b"data: ") + count * BLOCK
+    [event] = decoder.feed(blocks[-1]) + decoder.close()
+    assert len(event.data) == count * BLOCK
+    assert decoder.pending_bytes == 0
+
+
+def test_the_work_of_a_block_does_not_grow_with_what_is_pending() -> None:
+    block = b"y" * BLOCK
+    decoder = SSEDecoder()
+    decoder.feed(b"data: ")
+    for _ in range(256):  # 16 MiB pending
+        decoder.feed(block)
+    # Two more blocks: O(block) each, not O(pending) (before: 16 MiB copied for 64 KiB).
+    assert bytes_allocated(decoder, [block, block]) < 4 * BLOCK
+
+
+def test_pending_bytes_counts_the_open_event_and_the_unfinished_line() -> None:
+    decoder = SSEDecoder()
+    assert decoder.pending_bytes == 0
+    decoder.feed(b"data: 12345\ndata: 67")
+    assert decoder.pending_bytes == len(b"12345") + len(b"data: 67")
+    decoder.feed(b"89\r")
+    assert decoder.pending_bytes == len(b"12345") + len(b"6789")
+    assert [e.data for e in decoder.feed(b"\n\r\n")] == ["12345\n6789"]
+    assert decoder.pending_bytes == 0

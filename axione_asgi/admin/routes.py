@@ -7,6 +7,7 @@ from datetime import date
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, Router
@@ -55,9 +56,13 @@ def _day(request: Request) -> date | None:
     if raw is None:
         return None
     try:
-        return date.fromisoformat(raw)
+        day: date | None = date.fromisoformat(raw)
     except ValueError:
-        raise InvalidRequest("'day' must be a date as YYYY-MM-DD", param="day") from None
+        day = None
+    # The last date is refused too: its end, the next midnight, is past what a date holds.
+    if day is None or day == date.max:
+        raise InvalidRequest("'day' must be a date as YYYY-MM-DD before 9999-12-31", param="day")
+    return day
 
 
 def _int_param(request: Request, name: str, default: int) -> int:
@@ -187,7 +192,11 @@ class AdminGateMiddleware:
         self.prefix = prefix
         self.key_store = key_store
         self._operator = operator_key_sha256.lower()
-        self._admin = Router(routes=[Mount(prefix, routes=admin_routes(service))])
+        # The router raises HTTPException for an unknown path or method: Starlette's
+        # exception layer makes it a 404/405 (then SPEC JSON, above), not a 500.
+        self._admin = ExceptionMiddleware(
+            Router(routes=[Mount(prefix, routes=admin_routes(service))])
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not _under(route_path(scope), self.prefix):

@@ -77,18 +77,19 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(f"The request body is over the limit of {limit} bytes")
     receive = request.receive
-    first = await receive()
-    # Most bodies arrive in one message: no timer is armed for them.
-    if first["type"] == "http.request" and not first.get("more_body", False):
-        body: bytes = first.get("body", b"")
-        if len(body) > limit:
-            raise RequestTooLarge(f"The request body is over the limit of {limit} bytes")
-        return body
-    chunks: list[bytes] = []
-    size = 0
-    message = first
     try:
+        # Armed before the first receive(): a client that sends its headers and
+        # then nothing is cut as one that trickles its body is.
         async with asyncio.timeout(timeout_s):
+            message = await receive()
+            # Most bodies arrive in one message.
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body: bytes = message.get("body", b"")
+                if len(body) > limit:
+                    raise RequestTooLarge(f"The request body is over the limit of {limit} bytes")
+                return body
+            chunks: list[bytes] = []
+            size = 0
             while True:
                 if message["type"] == "http.disconnect":
                     raise ClientDisconnect

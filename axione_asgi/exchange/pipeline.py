@@ -28,16 +28,28 @@ from axione_asgi.openai_types import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChunkChoice,
+    Delta,
     Usage,
 )
 from axione_asgi.providers.base import ModelRoute, Provider, ProviderRegistry
 from axione_asgi.resilience import RetryPolicy, first_success
 from axione_asgi.scope import QuotaHandle, key_of, quota_of, request_id_of
-from axione_asgi.streaming import ClientGone, unless_disconnected
+from axione_asgi.streaming import ClientGone, StreamCut, unless_disconnected
 
 __all__ = ["Batch", "Exchange", "Pipeline", "StreamWriter"]
 
 logger = logging.getLogger("axione")
+
+# Usage an upstream reports is believed up to this many times what was
+# reserved, plus some tokens; and never past a trillion or below zero.
+_SLACK = 8
+_SLACK_TOKENS = 10_000
+_MAX_COUNT = 10**12
+# A stream's (idle, whole) timeouts when its provider has no table of its own.
+_STREAM_LIMITS = (120.0, 1800.0)
+# Content events a stream may send past its cap before it is ended there.
+_EVENT_SLACK = 8
 
 T = TypeVar("T")
 Batch = list[ChatCompletionChunk]
@@ -66,7 +78,19 @@ class Exchange:
     that answered, and the usage report all go through these methods.
     """
 
-    __slots__ = ("candidates", "primary", "prompt_estimate", "quota", "receive", "route", "scope")
+    __slots__ = (
+        "attempts",
+        "candidates",
+        "choices",
+        "output_cap",
+        "primary",
+        "prompt_estimate",
+        "quota",
+        "receive",
+        "reserved",
+        "route",
+        "scope",
+    )
 
     def __init__(
         self, scope: Scope, receive: Receive, candidates: list[ModelRoute], prompt_estimate: int
@@ -78,6 +102,12 @@ class Exchange:
         self.route = candidates[0]
         self.prompt_estimate = prompt_estimate
         self.quota: QuotaHandle | None = quota_of(scope)
+        # What the admission reserved, and the per-choice cap the upstream got.
+        self.reserved = 0
+        self.output_cap: int | None = None
+        # Upstream calls made, retries and fallbacks included.
+        self.attempts = 0
+        self.choices = 1
 
     async def admit(self, output_cap: int | None, choices: int = 1) -> int | None:
         """Count the request and reserve the estimate plus every choice's output cap.
@@ -90,7 +120,7 @@ class Exchange:
         """
         if self.quota is None:
             return None
-        choices = max(1, choices)
+        choices = self.choices = max(1, choices)
         wanted = output_cap or DEFAULT_OUTPUT_RESERVE
         prompt = self.prompt_estimate
         granted = await self.quota.admit(
@@ -99,7 +129,11 @@ class Exchange:
             model=self.primary.public_id,
             provider=self.primary.provider_name,
         )
+        self.reserved = granted
         allowed = max(MINIMAL_ANSWER_TOKENS, (granted - prompt) // choices)
+        self.output_cap = (
+            min(allowed, wanted) if output_cap else (allowed if allowed < wanted else None)
+        )
         return allowed if allowed < wanted else None
 
     def model_name(self, asked: str) -> str:
@@ -120,7 +154,22 @@ class Exchange:
         estimated: bool = False,
         cache_hit: bool = False,
     ) -> None:
-        """The request's real usage (replaces an earlier report)."""
+        """The request's real usage (replaces an earlier report).
+
+        An upstream's counts are checked first: negative, absurd (past a
+        trillion) or far past what was reserved, they are not believed; the
+        estimate is counted instead, flagged as estimated.
+        """
+        if not estimated and not self._plausible(prompt_tokens, completion_tokens):
+            logger.warning(
+                "implausible usage from %s (%r prompt, %r completion tokens): estimated instead",
+                self.route.provider_name,
+                prompt_tokens,
+                completion_tokens,
+            )
+            prompt_tokens = self.prompt_estimate
+            completion_tokens = max(0, self.reserved - self.prompt_estimate)
+            estimated = True
         if self.quota is not None:
             self.quota.report(
                 prompt_tokens=prompt_tokens,
@@ -128,6 +177,14 @@ class Exchange:
                 estimated=estimated,
                 cache_hit=cache_hit,
             )
+
+    def _plausible(self, prompt: int, completion: int) -> bool:
+        if not (0 <= prompt <= _MAX_COUNT and 0 <= completion <= _MAX_COUNT):
+            return False
+        # A prompt is what was sent (the estimate leans up) and an answer at
+        # most its cap: an upstream may miss by some, never by orders.
+        bound = _SLACK * (self.reserved or self.prompt_estimate + DEFAULT_OUTPUT_RESERVE)
+        return prompt + completion <= bound + _SLACK_TOKENS
 
     def report_usage(self, usage: Usage | None, chars_out: int) -> None:
         """The upstream's counts, or the estimate when it gave none."""
@@ -155,7 +212,12 @@ class Pipeline:
             backoff_s=config.retry.backoff_s,
             backoff_max_s=config.retry.backoff_max_s,
             deadline_s=config.retry.deadline_s,
+            max_attempts=config.retry.max_attempts,
         )
+        self.stream_limits = {
+            name: (cfg.stream_idle_timeout_s, cfg.stream_timeout_s)
+            for name, cfg in config.providers.items()
+        }
         self.first_byte_timeouts = {
             name: cfg.first_byte_timeout_s
             for name, cfg in config.providers.items()
@@ -164,13 +226,20 @@ class Pipeline:
 
     # -- where a request goes ------------------------------------------------
     def candidates(self, names: Iterable[str], key: KeyRecord | None) -> list[ModelRoute]:
-        """The models to try, in order: the request's, then the config's fallbacks."""
+        """The models to try, in order: the request's, then the config's fallbacks.
+
+        A model the request names that the key may not use is a 403; a
+        configured fallback the key may not use is skipped.
+        """
         named = list(names)
-        named += [m for name in list(named) for m in self.config.fallbacks.get(name, ())]
+        fallbacks = [m for name in named for m in self.config.fallbacks.get(name, ())]
+        asked = set(named)
         routes: list[ModelRoute] = []
-        for name in dict.fromkeys(named):
+        for name in dict.fromkeys(named + fallbacks):
             route = self.registry.resolve(name)
             if key is not None and not key.may_use(route.public_id):
+                if name not in asked:
+                    continue
                 raise ModelNotAllowed(route.public_id)
             routes.append(route)
         return routes
@@ -230,6 +299,7 @@ class Pipeline:
         scope = exchange.scope
 
         async def observed(route: ModelRoute) -> T:
+            exchange.attempts += 1
             async with upstream_call(scope, route):
                 return await call(route)
 
@@ -300,29 +370,60 @@ class Pipeline:
         batches: AsyncIterator[Batch],
         writer: StreamWriter,
     ) -> AsyncIterator[bytes]:
-        """The client's bytes for a hub stream; usage is reported even when it is cut."""
+        """The client's bytes for a hub stream; usage is reported even when it is cut.
+
+        Bounded: a stream that sends nothing for the provider's idle timeout,
+        or runs past its whole timeout, ends with an error event; one that
+        goes on past the output cap it was sent (each content event carries
+        a token at least) is ended there, as cut by its length.
+        """
         usage: Usage | None = None
         chars_out = 0
         batch = first
         next_batch = batches.__anext__
+        idle_s, total_s = self.stream_limits.get(exchange.route.provider_name, _STREAM_LIMITS)
+        clock = _StreamClock(idle_s, total_s)
+        cap = exchange.output_cap
+        events_left = None if cap is None else cap * exchange.choices + _EVENT_SLACK
         try:
             while batch is not None:
                 for chunk in batch:
                     if chunk.usage is not None:
                         usage = chunk.usage
                     for choice in chunk.choices:
-                        if choice.delta.content:
-                            chars_out += len(choice.delta.content)
+                        delta = choice.delta
+                        if delta.content:
+                            chars_out += len(delta.content)
+                        if events_left is not None and (
+                            delta.content or delta.reasoning_content or delta.tool_calls
+                        ):
+                            events_left -= 1
                 out = writer.feed(batch)
                 if out:
                     yield out
+                if events_left is not None and events_left < 0:
+                    # Past the cap it was sent: this upstream would not stop.
+                    yield writer.feed([_cut_by_length()])
+                    break
                 try:
-                    batch = await next_batch()
+                    batch = await clock.wait(next_batch)
                 except StopAsyncIteration:
                     batch = None
+                except _Expired as expired:
+                    raise UpstreamTimeout(
+                        f"Provider '{exchange.route.provider_name}' "
+                        + (
+                            f"streamed for more than {total_s:g} seconds"
+                            if expired.whole
+                            else f"sent nothing for {idle_s:g} seconds"
+                        )
+                    ) from None
             yield writer.finish()
         except AxioneError as exc:
             yield writer.error(exc)
+        except asyncio.CancelledError:
+            yield writer.error(StreamCut())  # see StreamCut: the server is shutting down
+            raise
         except Exception:
             request_id = request_id_of(exchange.scope)
             logger.exception("stream failed in request %s", request_id)
@@ -330,8 +431,75 @@ class Pipeline:
                 AxioneError(f"The stream failed unexpectedly; request id {request_id}")
             )
         finally:
+            clock.stop()
             exchange.report_usage(usage, chars_out)
             await _close(batches)
+
+
+class _Expired(Exception):
+    """A stream's wait ran out: its idle gap, or (`whole`) its whole time."""
+
+    def __init__(self, whole: bool) -> None:
+        self.whole = whole
+
+
+class _StreamClock:
+    """Bounds each wait for a stream's next batch, with one timer for the whole stream.
+
+    An `asyncio.timeout` per batch cost a fifth of a streamed request's CPU;
+    this timer wakes once per idle period, and cancels the stream's task only
+    while it waits for the upstream (never while it writes to the client).
+    """
+
+    __slots__ = ("ends_at", "expired", "handle", "idle_s", "loop", "since", "task", "waiting")
+
+    def __init__(self, idle_s: float, total_s: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.idle_s = idle_s
+        self.ends_at = self.loop.time() + total_s
+        self.since = 0.0
+        self.waiting = False
+        self.expired: bool | None = None  # True: the whole time; False: an idle gap
+        self.handle: asyncio.TimerHandle | None = self.loop.call_at(
+            min(self.loop.time() + idle_s, self.ends_at), self._check
+        )
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        due = min((self.since if self.waiting else now) + self.idle_s, self.ends_at)
+        if self.waiting and now >= due and self.task is not None:
+            self.expired = now >= self.ends_at
+            self.handle = None
+            self.task.cancel()
+            return
+        self.handle = self.loop.call_at(max(due, now + 0.001), self._check)
+
+    async def wait(self, next_batch: Callable[[], Awaitable[T]]) -> T:
+        now = self.loop.time()
+        if now >= self.ends_at:
+            raise _Expired(True)
+        self.since = now
+        self.waiting = True
+        try:
+            return await next_batch()
+        except asyncio.CancelledError:
+            # Ours only when nothing else cancelled the task too (a shutdown, the client).
+            if self.expired is not None and self.task is not None and self.task.uncancel() == 0:
+                raise _Expired(self.expired) from None
+            raise
+        finally:
+            self.waiting = False
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
+def _cut_by_length() -> ChatCompletionChunk:
+    """The chunk that ends a stream cut at its cap (a new one: writers stamp theirs)."""
+    return ChatCompletionChunk(choices=[ChunkChoice(delta=Delta(), finish_reason="length")])
 
 
 def provider_kind(provider: Provider) -> str:

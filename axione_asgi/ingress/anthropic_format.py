@@ -35,6 +35,7 @@ from axione_asgi.openai_types import (
     Usage,
     new_id,
 )
+from axione_asgi.transports import json_bytes
 
 __all__ = [
     "ANTHROPIC_ENVELOPE",
@@ -102,10 +103,7 @@ ANTHROPIC_ENVELOPE = _AnthropicEnvelope()
 
 def event(name: str, data: Json) -> bytes:
     """One server-sent event as Anthropic frames them: `event:` then `data:`."""
-    return b"event: %s\ndata: %s\n\n" % (
-        name.encode(),
-        json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(),
-    )
+    return b"event: " + name.encode() + b"\ndata: " + json_bytes(data) + b"\n\n"
 
 
 def error_event(exc: AxioneError) -> bytes:

@@ -10,6 +10,7 @@ aliases, fallbacks, retries, quota, cache, ledger.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -37,10 +38,14 @@ from axione_asgi.ingress.anthropic_format import (
 )
 from axione_asgi.ingress.base import JSON, route
 from axione_asgi.openai_types import ChatCompletionRequest
-from axione_asgi.providers.base import ModelRoute, NativeProvider, TokenCountingProvider
+from axione_asgi.providers.base import (
+    ModelRoute,
+    NativeProvider,
+    TokenCountingProvider,
+)
 from axione_asgi.scope import exempt_from_quota, key_of, request_id_of
 from axione_asgi.sse import SSEDecoder
-from axione_asgi.streaming import EventStreamResponse
+from axione_asgi.streaming import EventStreamResponse, StreamCut
 from axione_asgi.transports import UpstreamStream
 
 __all__ = ["AnthropicMessagesIngress"]
@@ -49,6 +54,8 @@ logger = logging.getLogger("axione")
 
 Json = dict[str, Any]
 
+# The events that end an Anthropic stream: anything else last means it was cut.
+_LAST_EVENTS = frozenset({"message_stop", "error"})
 # Request headers of the dialect that travel to an Anthropic upstream as they are.
 _FORWARDED = ("anthropic-version", "anthropic-beta")
 IGNORED_TOOLS_HEADER = "x-axione-ignored-tools"
@@ -89,10 +96,7 @@ def _load(body: bytes, *, count: bool = False) -> Json:
 
 
 def _native(route: ModelRoute) -> NativeProvider | None:
-    provider = route.provider
-    if isinstance(provider, NativeProvider) and DIALECT in provider.native_dialects():
-        return provider
-    return None
+    return route.native_face(DIALECT)
 
 
 def _usage_tokens(usage: Any) -> tuple[int, int] | None:
@@ -273,16 +277,30 @@ class AnthropicMessagesIngress:
         """The upstream's events as they come, `model` renamed; usage read on the way."""
         decoder = SSEDecoder()
         usage: Json = {}
+        ended = False
         try:
             async for block in upstream.chunks():
-                out = [self._relay(e.event, e.data, usage, model) for e in decoder.feed(block)]
-                if out:
-                    yield b"".join(out)
-            tail = [self._relay(e.event, e.data, usage, model) for e in decoder.close()]
+                events = decoder.feed(block)
+                if events:
+                    ended = ended or any(e.event in _LAST_EVENTS for e in events)
+                    yield b"".join(self._relay(e.event, e.data, usage, model) for e in events)
+            tail = decoder.close()
             if tail:
-                yield b"".join(tail)
+                ended = ended or any(e.event in _LAST_EVENTS for e in tail)
+                yield b"".join(self._relay(e.event, e.data, usage, model) for e in tail)
+            if not ended:
+                # Cut before `message_stop`: the client must not take it for an answer.
+                yield error_event(
+                    UpstreamError(
+                        f"Provider '{exchange.route.provider_name}' ended the stream "
+                        "before the answer was complete"
+                    )
+                )
         except AxioneError as exc:
             yield error_event(exc)
+        except asyncio.CancelledError:
+            yield error_event(StreamCut())  # the server is shutting down (see StreamCut)
+            raise
         except Exception as exc:
             request_id = request_id_of(exchange.scope)
             logger.warning(

@@ -164,13 +164,23 @@ class OpenAIChatIngress:
     # -- /models -------------------------------------------------------------
     async def list_models(self, request: Request) -> Response:
         exempt_from_quota(request.scope)  # metadata: not a counted request
-        return Response(self._models_body, media_type=JSON)
+        key = key_of(request.scope)
+        if key is None or key.models is None:
+            return Response(self._models_body, media_type=JSON)
+        # A key with an allow-list sees the models it may use (aliases by their target).
+        data = [m for m in self._models if key.may_use(str(m.get("alias_of", m["id"])))]
+        return Response(json.dumps({"object": "list", "data": data}).encode(), media_type=JSON)
 
     async def get_model(self, request: Request) -> Response:
         exempt_from_quota(request.scope)
         model_id = request.path_params["model_id"]
         body = self._model_bodies.get(model_id)
-        if body is None:
+        key = key_of(request.scope)
+        if body is None or (
+            key is not None
+            and key.models is not None
+            and not key.may_use(self.registry.aliases.exact.get(model_id, model_id))
+        ):
             raise ModelNotFound(model_id)
         return Response(body, media_type=JSON)
 

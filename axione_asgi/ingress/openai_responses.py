@@ -10,6 +10,7 @@ backend is reached through the hub (`responses_format`). Stored responses
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -48,9 +49,9 @@ from axione_asgi.ingress.responses_format import (
 from axione_asgi.openai_types import ChatCompletionRequest, new_id, now
 from axione_asgi.providers.base import ModelRoute, NativeProvider
 from axione_asgi.scope import exempt_from_quota, key_of, request_id_of
-from axione_asgi.sse import SSEDecoder
+from axione_asgi.sse import SSEDecoder, SSEEvent
 from axione_asgi.stores.responses import ResponseStore, StoredResponse
-from axione_asgi.streaming import EventStreamResponse
+from axione_asgi.streaming import EventStreamResponse, StreamCut
 from axione_asgi.transports import UpstreamStream
 
 __all__ = ["RESPONSES_ENVELOPE", "OpenAIResponsesIngress"]
@@ -104,11 +105,20 @@ def _load(body: bytes) -> Json:
     return data
 
 
+# The events that end a Responses stream: anything else last means it was cut.
+_LAST_EVENTS = ("response.completed", "response.incomplete", "response.failed", "error")
+
+
+def _ends(event: SSEEvent) -> bool:
+    """Whether an event ends its stream (by its `event:` name, or the `type` in its data)."""
+    if event.event in _LAST_EVENTS:
+        return True
+    head = event.data[:64]
+    return any(f'"type":"{kind}"' in head or f'"type": "{kind}"' in head for kind in _LAST_EVENTS)
+
+
 def _native(target: ModelRoute) -> NativeProvider | None:
-    provider = target.provider
-    if isinstance(provider, NativeProvider) and DIALECT in provider.native_dialects():
-        return provider
-    return None
+    return target.native_face(DIALECT)
 
 
 def _usage_tokens(usage: Any) -> tuple[int, int] | None:
@@ -266,12 +276,10 @@ class OpenAIResponsesIngress:
     def _headers(call: _Call) -> dict[str, str]:
         ignored = list(call.ignored)
         answered_by = call.exchange.route
-        if (
-            _native(answered_by) is None
-            and wants_web_search(call.body.get("tools"))
-            and not getattr(answered_by.provider, "searches_web", False)
-        ):
-            ignored.insert(0, "web_search")  # this backend has no search tool of its own
+        if _native(answered_by) is None and wants_web_search(call.body.get("tools")):
+            searches = getattr(answered_by.provider, "searches_web", None)
+            if searches is None or not searches(call.chat(), answered_by.model):
+                ignored.insert(0, "web_search")  # no search tool of its own serves it here
         return {IGNORED_TOOLS_HEADER: ",".join(ignored)} if ignored else {}
 
     async def _keep(self, call: _Call, key_id: str, response: Json, native: bool) -> None:
@@ -360,14 +368,35 @@ class OpenAIResponsesIngress:
         exchange = call.exchange
         decoder = SSEDecoder()
         final: list[Json] = []
+        ended = False
         try:
             async for block in upstream.chunks():
-                out = [self._relay(e.event, e.data, model, final) for e in decoder.feed(block)]
-                if out:
-                    yield b"".join(out)
-            tail = [self._relay(e.event, e.data, model, final) for e in decoder.close()]
+                events = decoder.feed(block)
+                if events:
+                    ended = ended or any(map(_ends, events))
+                    yield b"".join(self._relay(e.event, e.data, model, final) for e in events)
+            tail = decoder.close()
             if tail:
-                yield b"".join(tail)
+                ended = ended or any(map(_ends, tail))
+                yield b"".join(self._relay(e.event, e.data, model, final) for e in tail)
+            if not ended:
+                # Cut before its last event: the client must not take it for an answer.
+                short = UpstreamError(
+                    f"Provider '{exchange.route.provider_name}' ended the stream before "
+                    "the answer was complete"
+                )
+                payload = {
+                    "type": "error",
+                    "code": short.code,
+                    "message": short.message,
+                    "param": None,
+                }
+                yield f"event: error\ndata: {json.dumps(payload)}\n\n".encode()
+        except asyncio.CancelledError:
+            cut = StreamCut()  # the server is shutting down (see StreamCut)
+            payload = {"type": "error", "code": cut.code, "message": cut.message, "param": None}
+            yield f"event: error\ndata: {json.dumps(payload)}\n\n".encode()
+            raise
         except Exception as exc:
             request_id = request_id_of(exchange.scope)
             logger.warning(

@@ -43,6 +43,7 @@ from axione_asgi.openai_types import (
     Usage,
     new_id,
 )
+from axione_asgi.transports import json_bytes
 
 __all__ = [
     "DIALECT",
@@ -244,9 +245,16 @@ def _messages(items: list[Json], instructions: Any) -> list[Json]:
 
 
 def wants_web_search(tools: Any) -> bool:
-    """Whether the request offers the built-in web search tool."""
+    """Whether the request offers the built-in web search tool, live.
+
+    `external_web_access: false` (Codex's default) asks for no live search,
+    which the backends' own search tools cannot promise: then it is left out.
+    """
     return isinstance(tools, list) and any(
-        isinstance(t, dict) and t.get("type") in _WEB_SEARCH for t in tools
+        isinstance(t, dict)
+        and t.get("type") in _WEB_SEARCH
+        and t.get("external_web_access") is not False
+        for t in tools
     )
 
 
@@ -275,6 +283,8 @@ def _tools(tools: Any) -> tuple[list[Json], list[str], set[str]]:
             )
         name = tool.get("name")
         if kind in _WEB_SEARCH:
+            if tool.get("external_web_access") is False:
+                ignored.append("web_search")  # no live search wanted: none to give
             continue
         if kind == "function":
             if not isinstance(name, str) or not name:
@@ -543,8 +553,7 @@ class ResponsesStreamWriter:
     def _event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **fields}
         self.sequence += 1
-        payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-        return f"event: {kind}\ndata: {payload}\n\n".encode()
+        return b"event: " + kind.encode() + b"\ndata: " + json_bytes(data) + b"\n\n"
 
     def _response(self, status: str, usage: Json | None = None, error: Json | None = None) -> Json:
         return response_object(

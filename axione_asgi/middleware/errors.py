@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from itertools import chain
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from axione_asgi.errors import (
@@ -138,6 +140,14 @@ class ErrorFormatMiddleware:
             if started:
                 raise
             await send_error(send, exc, [stamp], scope=scope)
+        except ClientDisconnect:
+            # The client left while its body was read: nothing to log, no one
+            # to answer. The 499 (dropped by the server, as a route's own 499
+            # is) tells the layers outside why the request ended.
+            if not started:
+                with contextlib.suppress(OSError):
+                    await send({"type": "http.response.start", "status": 499, "headers": [stamp]})
+                    await send({"type": "http.response.body", "body": b""})
         except Exception:
             logger.exception("unhandled error in request %s", request_id)
             if started:

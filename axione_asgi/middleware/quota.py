@@ -7,6 +7,7 @@ import time
 from datetime import datetime
 
 import anyio
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from axione_asgi.errors import AxioneError
@@ -222,6 +223,8 @@ class TierQuotaMiddleware:
             # Raised before any answer (the route's 429 among them): sent from
             # here so that it carries the x-ratelimit-* headers too.
             await send_error(send_wrapper, exc, scope=scope)
+        except ClientDisconnect:
+            raise  # the client left mid-body: no answer, no log (ErrorFormatMiddleware's 499)
         except Exception:
             if started:
                 raise

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from axione_asgi.quota.ledger import LEDGER_HEALTH, LedgerHealth
 from axione_asgi.scope import exempt_from_quota
 
 __all__ = ["LATENCY_BUCKETS", "PrometheusMetrics"]
@@ -58,6 +63,7 @@ class PrometheusMetrics:
             ["provider", "code"],
             registry=self.registry,
         )
+        self.registry.register(LedgerCollector(LEDGER_HEALTH))
 
     def observe_request(
         self,
@@ -91,3 +97,41 @@ class PrometheusMetrics:
         """The scrape endpoint (served without a key, never metered)."""
         exempt_from_quota(request.scope)
         return Response(self.exposition(), headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+class LedgerCollector(Collector):
+    """The usage ledger's writers of this process, read from their `LedgerHealth` at scrape time."""
+
+    def __init__(self, health: LedgerHealth) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[Metric]:
+        h = self.health
+        yield CounterMetricFamily(
+            "axione_ledger_records_written", "Usage records written to the ledger.", h.written
+        )
+        yield CounterMetricFamily(
+            "axione_ledger_write_failures",
+            "Failed ledger writes (each retried, or its records spilled).",
+            h.write_failures,
+        )
+        yield CounterMetricFamily(
+            "axione_ledger_records_spilled",
+            "Usage records the ledger could not take, kept in its spill file.",
+            h.spilled,
+        )
+        yield CounterMetricFamily(
+            "axione_ledger_records_replayed",
+            "Spilled usage records written to the ledger later.",
+            h.replayed,
+        )
+        yield CounterMetricFamily(
+            "axione_ledger_records_lost",
+            "Usage records neither written nor spilled (each loss is logged).",
+            h.lost,
+        )
+        yield GaugeMetricFamily(
+            "axione_ledger_records_pending",
+            "Usage records waiting to be written (queued, or kept after a failed write).",
+            h.pending(),
+        )

@@ -752,8 +752,9 @@ class AnthropicProvider(HTTPProvider):
     See `translate_request` for how OpenAI fields map where the APIs differ.
     """
 
-    #: Anthropic has a web search tool of its own (`web_search_20250305`).
-    searches_web = True
+    def searches_web(self, request: ChatCompletionRequest, model: str) -> bool:
+        """Anthropic has a web search tool of its own (`web_search_20250305`)."""
+        return True
 
     def auth_headers(self) -> dict[str, str]:
         """`x-api-key` and the pinned `anthropic-version`; config headers (betas) add to them."""

@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from axione_asgi.aliases import Aliases, match_glob
 from axione_asgi.config import ProviderConfig
@@ -35,6 +35,7 @@ from axione_asgi.transports import (
     UpstreamResponse,
     UpstreamStream,
     UpstreamTimeoutError,
+    UpstreamTLSError,
     UpstreamTransportError,
     json_bytes,
     open_upstream,
@@ -55,6 +56,7 @@ __all__ = [
     "ProviderRegistry",
     "TokenCountingProvider",
     "flatten",
+    "native_dialects_of",
 ]
 
 
@@ -160,6 +162,13 @@ class NativeProvider(Protocol):
         ...
 
 
+def native_dialects_of(provider: Provider) -> frozenset[str]:
+    """The client dialects a provider passes through (none unless it is a `NativeProvider`)."""
+    if isinstance(provider, NativeProvider):
+        return provider.native_dialects()
+    return frozenset()
+
+
 @runtime_checkable
 class TokenCountingProvider(Protocol):
     """A provider whose upstream counts a prompt's tokens (Gemini's countTokens)."""
@@ -207,6 +216,7 @@ class HTTPProvider:
             connect_timeout_s=cfg.connect_timeout_s,
             max_connections=cfg.max_connections,
             transport=self._transport,
+            ca_file=cfg.ca_file,
         )
 
     async def aclose(self) -> None:
@@ -320,6 +330,10 @@ class HTTPProvider:
             yield
         except UpstreamTimeoutError:
             raise UpstreamTimeout(f"Provider '{self.name}' did not answer in time") from None
+        except UpstreamTLSError as exc:  # logged (once) by the client
+            raise UpstreamError(
+                f"Provider '{self.name}': {exc}", code="upstream_tls_error"
+            ) from None
         except UpstreamConnectError:
             raise ProviderUnavailable(f"Provider '{self.name}' could not be reached") from None
         except UpstreamTransportError as exc:
@@ -332,7 +346,7 @@ class HTTPProvider:
         """POST JSON, return the answer's body or raise the mapped error."""
         with self.transport_errors():
             response = await self.client.post(path, json_bytes(payload), params)
-        if response.status >= 400:
+        if response.status >= 300:  # a redirect is not followed: it is a failure
             raise self.error_for_status(response.status, response.body, response.headers)
         return response.body
 
@@ -352,7 +366,7 @@ class HTTPProvider:
         """POST a client's body as it is; an error answer raises, keeping it in `native`."""
         with self.transport_errors():
             response = await self.client.post(path, body, None, headers)
-        if response.status >= 400:
+        if response.status >= 300:  # a redirect is not followed: it is a failure
             raise self.native_error(native, response.status, response.body, response.headers)
         return response
 
@@ -363,7 +377,7 @@ class HTTPProvider:
         """As `forward_bytes`, the answer read as it arrives."""
         with self.transport_errors():
             async with self.client.stream(path, body, None, headers) as response:
-                if response.status >= 400:
+                if response.status >= 300:  # a redirect is not followed: it is a failure
                     error_body = await response.read()
                     raise self.native_error(native, response.status, error_body, response.headers)
                 yield response
@@ -422,7 +436,7 @@ class HTTPProvider:
     ) -> AsyncIterator[UpstreamStream]:
         with self.transport_errors():
             async with self.client.stream(path, json_bytes(payload), params) as response:
-                if response.status >= 400:
+                if response.status >= 300:  # a redirect is not followed: it is a failure
                     body = await response.read()
                     raise self.error_for_status(response.status, body, response.headers)
                 yield response
@@ -440,17 +454,21 @@ class HTTPProvider:
             yield events
 
     async def _lines(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-        pending = b""
+        # An unfinished line is kept in pieces, joined once it ends: linear in its size.
+        pending: list[bytes] = []
         with self.transport_errors():
             async for chunk in chunks:
-                pending += chunk
                 if b"\n" not in chunk:
+                    pending.append(chunk)
                     continue
-                *complete, pending = pending.split(b"\n")
-                for line in complete:
+                first, *complete, rest = chunk.split(b"\n")
+                pending.append(first)
+                for line in (b"".join(pending), *complete):
                     yield line.rstrip(b"\r").decode("utf-8", "replace")
-        if pending:
-            yield pending.rstrip(b"\r").decode("utf-8", "replace")
+                pending = [rest]
+        tail = b"".join(pending)
+        if tail:
+            yield tail.rstrip(b"\r").decode("utf-8", "replace")
 
 
 async def flatten(batches: AsyncIterator[list[T]]) -> AsyncIterator[T]:
@@ -469,6 +487,15 @@ class ModelRoute:
     model: str
     provider: Provider
     kind: Literal["chat", "embedding"] = "chat"
+    # The client dialects its provider passes through: decided once, at start-up
+    # (`isinstance` against a runtime-checkable Protocol costs microseconds).
+    native: frozenset[str] = frozenset()
+
+    def native_face(self, dialect: str) -> NativeProvider | None:
+        """The provider's pass-through face for `dialect`, or None."""
+        if dialect in self.native:
+            return cast(NativeProvider, self.provider)
+        return None
 
     @property
     def embedder(self) -> EmbeddingProvider:
@@ -483,21 +510,34 @@ class ProviderRegistry:
     A provider's model name holding a `*` (`"claude-*" = "claude-*"` in its
     `models`) is a pattern: any name it matches is served, and none is
     listed in `/models`.
+
+    `unavailable` names providers the gateway knows but does not serve here
+    (no key set), each with what enables it: their models are a 503
+    `provider_unavailable` saying so, not a 404 that reads as if they did not exist.
     """
 
-    def __init__(self, providers: Mapping[str, Provider], aliases: Aliases | None = None) -> None:
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        aliases: Aliases | None = None,
+        unavailable: Mapping[str, str] | None = None,
+    ) -> None:
         self.providers = dict(providers)
         self.aliases = aliases or Aliases()
+        self.unavailable = {k: v for k, v in (unavailable or {}).items() if k not in providers}
         self._routes: dict[str, ModelRoute] = {}
         self._embedding_routes: dict[str, ModelRoute] = {}
         self._patterns: dict[str, list[str]] = {}
+        self._native = {name: native_dialects_of(p) for name, p in self.providers.items()}
         for pname, provider in self.providers.items():
             for model in provider.models():
                 if "*" in model:
                     self._patterns.setdefault(pname, []).append(model)
                     continue
                 public = f"{pname}/{model}"
-                self._routes[public] = ModelRoute(public, pname, model, provider)
+                self._routes[public] = ModelRoute(
+                    public, pname, model, provider, native=self._native[pname]
+                )
             if isinstance(provider, EmbeddingProvider):
                 for model in provider.embedding_models():
                     public = f"{pname}/{model}"
@@ -519,15 +559,26 @@ class ProviderRegistry:
                     code="model_not_supported",
                     param="model",
                 )
+            self._check_available(public_id, target or public_id)
             raise ModelNotFound(public_id)
         return route
+
+    def _check_available(self, public_id: str, target: str) -> None:
+        """`ProviderUnavailable` when `target` names a known provider that is not served."""
+        reason = self.unavailable.get(target.partition("/")[0]) if "/" in target else None
+        if reason is not None:
+            raise ProviderUnavailable(
+                f"Model '{public_id}' is not available. {reason}", param="model"
+            )
 
     def _matched(self, public_id: str) -> ModelRoute | None:
         # Made anew each time: names come from clients, and a cache of them would grow.
         pname, _, model = public_id.partition("/")
         for pattern in self._patterns.get(pname, ()):
             if match_glob(pattern, model) is not None:
-                return ModelRoute(public_id, pname, model, self.providers[pname])
+                return ModelRoute(
+                    public_id, pname, model, self.providers[pname], native=self._native[pname]
+                )
         return None
 
     def resolve_embedding(self, public_id: str) -> ModelRoute:
@@ -540,6 +591,7 @@ class ProviderRegistry:
                     code="model_not_supported",
                     param="model",
                 )
+            self._check_available(public_id, public_id)
             raise ModelNotFound(public_id)
         return route
 

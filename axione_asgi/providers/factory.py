@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from axione_asgi.config import AxioneConfig, ProviderConfig
 from axione_asgi.providers.base import Provider
 
-__all__ = ["build_provider", "build_providers"]
+__all__ = ["build_provider", "build_providers", "unavailable_providers"]
 
 # kind -> "module:Class"; imported on use so a kind's module loads only when configured.
 _KINDS: dict[str, str] = {
@@ -35,3 +35,18 @@ def build_provider(name: str, config: ProviderConfig, environ: Mapping[str, str]
 def build_providers(config: AxioneConfig, environ: Mapping[str, str]) -> dict[str, Provider]:
     """Every provider of the configuration, by name."""
     return {name: build_provider(name, cfg, environ) for name, cfg in config.providers.items()}
+
+
+def unavailable_providers(config: AxioneConfig, served: Collection[str]) -> dict[str, str]:
+    """Why each known provider the embedded default leaves out is unavailable, by name.
+
+    With no configuration file, a known provider (SPEC 5) is served once its
+    key is in the environment: its models are not unknown, only not enabled.
+    """
+    demo = next((n for n, c in config.providers.items() if c.kind == "demo" and n in served), None)
+    offline = f" '{demo}/echo' works offline, without a key." if demo else ""
+    return {
+        name: f"Provider '{name}' is not configured: set {env} to enable it.{offline}"
+        for name, env in config.keyless_providers.items()
+        if name not in served
+    }

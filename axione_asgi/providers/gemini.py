@@ -29,7 +29,10 @@ All knowledge of Gemini's wire format lives here. Decisions worth knowing:
 - `image_url` parts: `data:` URLs become `inlineData`; `http(s)://` and
   `gs://` URLs become `fileData` (Gemini fetches public and signed URLs itself;
   the gateway never fetches a client's URL), with a MIME type guessed from the
-  path's extension when it has one. Other schemes are a 400.
+  path's extension when it has one. Other schemes are a 400. Gemini reads
+  `gs://` objects and Files-API URLs (on `generativelanguage.googleapis.com`)
+  with the gateway's own credentials, so those are a 400 too unless the
+  provider table sets `allow_file_uris = true`.
 - Tool results: a JSON-object result is sent as the `functionResponse`'s
   `response`; anything else as `{"content": text}`.
 - Embeddings use `:batchEmbedContents`, up to 100 texts a call (Gemini's
@@ -152,6 +155,9 @@ _SCHEMA_FORMATS = {
     "INTEGER": {"int32", "int64"},
 }
 _MAX_SCHEMA_DEPTH = 24
+# Schema nodes one conversion may write: `$ref`s and type lists multiply a
+# small input (a 2 KB schema grew past 10**9 nodes), so the work is bounded.
+MAX_SCHEMA_NODES = 5_000
 
 # ErrorInfo reasons that mean the gateway's key is bad, whatever the status says.
 _KEY_REASONS = {
@@ -174,10 +180,13 @@ def tool_call_id(response_id: str, position: int, name: str, args: Any) -> str:
 
 
 # -- request ------------------------------------------------------------------
-def to_gemini(request: ChatCompletionRequest, upstream_model: str = "") -> JSON:
+def to_gemini(
+    request: ChatCompletionRequest, upstream_model: str = "", *, allow_file_uris: bool = False
+) -> JSON:
     """The `generateContent` body for an OpenAI chat request.
 
-    `upstream_model` decides whether replayed function calls need a signature.
+    `upstream_model` decides whether replayed function calls need a signature;
+    `allow_file_uris` lets images name `gs://` and Files-API URLs.
     Raises `InvalidRequest` for what Gemini cannot express or would reject.
     """
     sign_calls = not _UNSIGNED_FAMILIES.match(upstream_model)
@@ -201,9 +210,9 @@ def to_gemini(request: ChatCompletionRequest, upstream_model: str = "") -> JSON:
             if text:
                 system.append(text)
         elif message.role == "user":
-            add("user", _content_parts(message.content, where))
+            add("user", _content_parts(message.content, where, allow_file_uris))
         elif message.role == "assistant":
-            parts = _content_parts(message.content, where)
+            parts = _content_parts(message.content, where, allow_file_uris)
             parts.extend(_call_parts(message, where, call_names, sign_calls))
             add("model", parts)
         else:  # tool, or the legacy function role
@@ -220,20 +229,36 @@ def to_gemini(request: ChatCompletionRequest, upstream_model: str = "") -> JSON:
         body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
     if request.tools:
         body["tools"] = [
-            {"functionDeclarations": [_declaration(t.function.model_dump()) for t in request.tools]}
+            {
+                "functionDeclarations": [
+                    _declaration(t.function.model_dump(), f"tools[{i}].function")
+                    for i, t in enumerate(request.tools)
+                ]
+            }
         ]
         if request.tool_choice is not None:
             body["toolConfig"] = {"functionCallingConfig": _calling_config(request.tool_choice)}
-    if request.web_search:
+    if request.web_search and searches_web_with(request, upstream_model):
         # Gemini's own Google Search grounding serves a client's web search.
         body.setdefault("tools", []).append({"googleSearch": {}})
+        if request.tools:
+            # Gemini 3 takes it beside functions only when told so.
+            body.setdefault("toolConfig", {})["includeServerSideToolInvocations"] = True
     config = _generation_config(request)
     if config:
         body["generationConfig"] = config
     return body
 
 
-def _content_parts(content: str | list[ContentPart] | None, where: str) -> list[JSON]:
+def searches_web_with(request: ChatCompletionRequest, upstream_model: str) -> bool:
+    """Whether Google Search can join this request: Gemini before 3 refuses it beside
+    function declarations ("Tool use with function calling is unsupported")."""
+    return not request.tools or upstream_model.startswith("gemini-3")
+
+
+def _content_parts(
+    content: str | list[ContentPart] | None, where: str, allow_file_uris: bool = False
+) -> list[JSON]:
     # Gemini answers 400 to an empty text part, so empty text is left out.
     if content is None:
         return []
@@ -245,7 +270,8 @@ def _content_parts(content: str | list[ContentPart] | None, where: str) -> list[
             if part.text:
                 parts.append({"text": part.text})
         elif isinstance(part, ImagePart):
-            parts.append(_image_part(part.image_url.url, f"{where}.content[{j}].image_url.url"))
+            param = f"{where}.content[{j}].image_url.url"
+            parts.append(_image_part(part.image_url.url, param, allow_file_uris))
         elif part.type == "refusal":
             # An earlier answer's refusal, replayed by the client: it was text.
             refusal = (part.model_extra or {}).get("refusal")
@@ -256,11 +282,25 @@ def _content_parts(content: str | list[ContentPart] | None, where: str) -> list[
     return parts
 
 
-def _image_part(url: str, param: str) -> JSON:
+# Where Gemini reads a `fileUri` with the caller's (the gateway's) own credentials.
+_FILES_API_HOST = "generativelanguage.googleapis.com"
+
+
+def _image_part(url: str, param: str, allow_file_uris: bool = False) -> JSON:
     if url.startswith("data:"):
         mime, data = _parse_data_url(url, param)
         return {"inlineData": {"mimeType": mime, "data": data}}
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    parsed = urllib.parse.urlsplit(url)
+    scheme = parsed.scheme.lower()
+    if not allow_file_uris and (
+        scheme == "gs" or (parsed.hostname or "").rstrip(".") == _FILES_API_HOST
+    ):
+        raise InvalidRequest(
+            "Images from gs:// or the Gemini Files API are read with the gateway's own "
+            "credentials and are not accepted here (the provider's allow_file_uris is off): "
+            "send a data: URL or a public http(s):// URL",
+            param=param,
+        )
     if scheme in ("http", "https", "gs"):
         guessed = mimetypes.guess_type(urllib.parse.urlsplit(url).path)[0]
         file_data = {"mimeType": guessed, "fileUri": url} if guessed else {"fileUri": url}
@@ -372,13 +412,13 @@ def _response_part(message: ChatMessage, where: str, call_names: Mapping[str, st
     return {"functionResponse": function_response}
 
 
-def _declaration(function: Mapping[str, Any]) -> JSON:
+def _declaration(function: Mapping[str, Any], param: str = "tools") -> JSON:
     declaration: JSON = {"name": function["name"]}
     if function.get("description"):
         declaration["description"] = function["description"]
     parameters = function.get("parameters")
     if isinstance(parameters, dict) and parameters:
-        schema = gemini_schema(parameters)
+        schema = gemini_schema(parameters, param=f"{param}.parameters")
         if schema.get("type") != "OBJECT" or schema.get("properties"):
             declaration["parameters"] = schema
     return declaration
@@ -421,24 +461,32 @@ def _generation_config(request: ChatCompletionRequest) -> JSON:
         spec = response_format.json_schema or {}
         schema = spec.get("schema")
         if response_format.type == "json_schema" and isinstance(schema, dict) and schema:
-            config["responseSchema"] = gemini_schema(schema, order_properties=True)
+            config["responseSchema"] = gemini_schema(
+                schema, order_properties=True, param="response_format.json_schema.schema"
+            )
     return config
 
 
 # -- JSON Schema -> Gemini Schema ----------------------------------------------
-def gemini_schema(schema: Mapping[str, Any], *, order_properties: bool = False) -> JSON:
+def gemini_schema(
+    schema: Mapping[str, Any], *, order_properties: bool = False, param: str | None = None
+) -> JSON:
     """A JSON Schema rewritten into the subset Gemini's `Schema` accepts.
 
     `order_properties` adds `propertyOrdering`, so a structured answer keeps
-    the client's property order instead of Gemini's alphabetical one.
+    the client's property order instead of Gemini's alphabetical one. A
+    schema whose rewrite passes `MAX_SCHEMA_NODES` nodes is refused (400
+    naming `param`): references and type lists can make it exponential.
     """
-    return _SchemaWriter(schema, order_properties).convert(schema, 0)
+    return _SchemaWriter(schema, order_properties, param).convert(schema, 0)
 
 
 @dataclass
 class _SchemaWriter:
     root: Mapping[str, Any]
     order_properties: bool
+    param: str | None = None
+    nodes_left: int = MAX_SCHEMA_NODES
 
     def resolve(self, node: Mapping[str, Any], depth: int) -> Mapping[str, Any]:
         ref = node.get("$ref")
@@ -472,6 +520,13 @@ class _SchemaWriter:
         return merged
 
     def convert(self, raw: Any, depth: int) -> JSON:
+        self.nodes_left -= 1
+        if self.nodes_left < 0:
+            raise InvalidRequest(
+                f"The JSON Schema is too large once its references and type lists are "
+                f"expanded for Gemini (more than {MAX_SCHEMA_NODES} nodes)",
+                param=self.param,
+            )
         if not isinstance(raw, Mapping) or depth > _MAX_SCHEMA_DEPTH:
             # Recursion deeper than this is cut to a free-form object.
             return {"type": "OBJECT"}
@@ -706,8 +761,9 @@ class GeminiProvider(HTTPProvider):
     httpx's error messages or logs of URLs.
     """
 
-    #: Gemini grounds answers with Google Search, its own search tool.
-    searches_web = True
+    def searches_web(self, request: ChatCompletionRequest, model: str) -> bool:
+        """Whether Google Search serves this request's web search (see `searches_web_with`)."""
+        return searches_web_with(request, self.upstream_model(model))
 
     def auth_headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self.api_key} if self.api_key else {}
@@ -724,7 +780,9 @@ class GeminiProvider(HTTPProvider):
 
     def payload(self, request: ChatCompletionRequest, model: str) -> JSON:
         """The upstream body for a request to the public model `model`."""
-        return to_gemini(request, self.upstream_model(model))
+        return to_gemini(
+            request, self.upstream_model(model), allow_file_uris=self.config.allow_file_uris
+        )
 
     async def chat(self, request: ChatCompletionRequest, model: str) -> ChatCompletion:
         body = self.payload(request, model)
@@ -737,7 +795,7 @@ class GeminiProvider(HTTPProvider):
         body = {
             "generateContentRequest": {
                 "model": f"models/{upstream}",
-                **to_gemini(request, upstream),
+                **to_gemini(request, upstream, allow_file_uris=self.config.allow_file_uris),
             }
         }
         answer = await self.post_json(self._path(model, "countTokens"), body)

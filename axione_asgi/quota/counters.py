@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from limits.aio.storage import RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.storage import storage_from_string
 
 from axione_asgi.quota.tiers import DayUse
@@ -70,6 +70,18 @@ class DailyCounters:
     def __init__(self, storage: Storage, *, expiry_s: int = COUNTER_EXPIRY_S) -> None:
         self.storage = storage
         self.expiry_s = expiry_s
+
+    @property
+    def per_process(self) -> bool:
+        """Whether these counters live in this process only (and so start empty at each start)."""
+        return isinstance(self.storage, MemoryStorage)
+
+    async def seed(self, key_id: str, day: date, requests: int, tokens: int) -> None:
+        """Add a day's use counted elsewhere (the ledger, at start) to the counters."""
+        if requests > 0:
+            await self.storage.incr(_day_key(key_id, day, "req"), self.expiry_s, requests)
+        if tokens > 0:
+            await self.storage.incr(_day_key(key_id, day, "tok"), self.expiry_s, tokens)
 
     async def admit(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -77,9 +77,16 @@ class _KeyState:
     checked: date | None = None
     promoted_from: int = 0
     promoted_to: int = 0
+    # The key record the promotion was decided on, and whether the key store
+    # took the new tier. Once the store has it, a record other than this one
+    # was read from the store after the promotion: its tier is the truth,
+    # also when an operator set it back to `promoted_from`.
+    record: KeyRecord | None = None
+    stored: bool = True
 
-    def promote(self, record_tier: int, tier: int) -> None:
-        self.promoted_from, self.promoted_to = record_tier, tier
+    def promote(self, record: KeyRecord, tier: int, *, stored: bool = True) -> None:
+        self.promoted_from, self.promoted_to = record.tier, tier
+        self.record, self.stored = record, stored
 
 
 class QuotaExceeded(RateLimited):
@@ -88,6 +95,16 @@ class QuotaExceeded(RateLimited):
     def __init__(self, message: str, *, code: str, snapshot: Snapshot, retry_after: int) -> None:
         super().__init__(message, code=code, headers={"retry-after": str(max(1, retry_after))})
         self.snapshot = snapshot
+
+
+def _utc_clock(clock: Clock) -> Clock:
+    """`clock`, with a naive moment it returns taken as UTC."""
+
+    def now() -> datetime:
+        moment = clock()
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+    return now
 
 
 class QuotaService:
@@ -109,11 +126,16 @@ class QuotaService:
     ) -> None:
         self.config = config
         self.key_store = key_store
-        self.clock = clock or utc_now
+        # Every reader of the clock (the middleware, /usage, the admin API, the
+        # dashboard) goes through this one: a naive moment is UTC (`quota.days`).
+        self.clock = _utc_clock(clock) if clock is not None else utc_now
         self.tiers = TierTable(config.tier_table(), config.tier_policy)
         self.counters = counters or open_counters(config.storage.counters)
         self.ledger = ledger or open_ledger(config.storage.ledger)
-        self.writer = LedgerWriter(self.ledger)
+        self.writer = LedgerWriter(
+            self.ledger, flush_timeout_s=config.storage.ledger_flush_timeout_s
+        )
+        self._seeded = False
         # What this process knows of each key's days: when its rollover was
         # last looked at, and the promotion it got. KeyAuthMiddleware caches
         # key records for a while, so a new tier applies through here until
@@ -123,8 +145,45 @@ class QuotaService:
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
-        """Start the ledger writer."""
+        """Replay what the ledger spilled, seed per-process counters from it, start its writer.
+
+        Memory counters start empty in a new process while the ledger holds
+        the day: they are seeded from the ledger's records of today (what a
+        key has used) and of yesterday (what its day-rollover promotion
+        looks at), once per service, so a restart changes nothing a key can
+        see. Shared counters (Redis) outlive a restart and are left alone.
+        """
+        await anyio.to_thread.run_sync(self.writer.replay)
+        if self.counters.per_process and not self._seeded:
+            self._seeded = True
+            await self._seed_counters()
         self.writer.start()
+
+    async def _seed_counters(self) -> None:
+        today = utc_day(self.clock())
+        yesterday = today - timedelta(days=1)
+        ledger = self.ledger
+        try:
+            days = await anyio.to_thread.run_sync(
+                lambda: (ledger.totals(day=today), ledger.totals(day=yesterday))
+            )
+        except Exception:
+            logger.exception("the usage ledger could not be read: today's counters start at zero")
+            return
+        used_today, used_yesterday = days
+        for key_id, t in used_today.items():
+            await self.counters.seed(key_id, today, t.requests, t.total_tokens)
+        for key_id, t in used_yesterday.items():
+            # A key seen today already had its rollover looked at before the
+            # restart (and its promotion stored): yesterday must not promote it again.
+            if key_id not in used_today:
+                await self.counters.seed(key_id, yesterday, t.requests, t.total_tokens)
+        if used_today:
+            logger.info(
+                "counters seeded from the usage ledger: %d keys used the gateway on %s",
+                len(used_today),
+                today.isoformat(),
+            )
 
     async def stop(self) -> None:
         """Flush the ledger, then release the counters' and the ledger's connections."""
@@ -140,7 +199,15 @@ class QuotaService:
         return self.tiers.limits_for(tier)
 
     def _effective(self, key: KeyRecord, state: _KeyState | None) -> int:
-        if state is not None and state.promoted_to and key.tier == state.promoted_from:
+        # The promotion stands in for the key store while the record at hand
+        # predates it (KeyAuthMiddleware's cache), or when the store could not
+        # take it; a fresher record's tier, an operator's included, wins.
+        if (
+            state is not None
+            and state.promoted_to
+            and key.tier == state.promoted_from
+            and (key is state.record or not state.stored)
+        ):
             return state.promoted_to
         return key.tier
 
@@ -178,12 +245,13 @@ class QuotaService:
                 # Published even when unchanged: the other workers wait for it.
                 await self.counters.publish_tier(key.id, day, new_tier or tier)
                 if new_tier is not None:
-                    state.promote(key.tier, new_tier)
-                    await self._persist_tier(key, tier, new_tier, yesterday)
+                    state.promote(key, new_tier, stored=False)
+                    state.stored = await self._persist_tier(key, tier, new_tier, yesterday)
             else:
                 decided = await self._published_tier(key.id, day)
                 if decided > tier:
-                    state.promote(key.tier, decided)
+                    # The worker that decided it stores it in the key store.
+                    state.promote(key, decided)
             state.checked = day
             self._keys[key.id] = state
         finally:
@@ -203,15 +271,15 @@ class QuotaService:
                 await anyio.sleep(0.005)
         return 0
 
-    async def _persist_tier(self, key: KeyRecord, old: int, new: int, yesterday: DayUse) -> None:
+    async def _persist_tier(self, key: KeyRecord, old: int, new: int, yesterday: DayUse) -> bool:
         try:
             if not await self.key_store.set_tier(key.id, new):
                 logger.warning("promotion of key %s: the key store has no such key", key.id)
-                return
+                return False
         except Exception:
             # The promotion still holds for this day through the counters.
             logger.exception("promotion of key %s to tier %d could not be stored", key.id, new)
-            return
+            return False
         logger.info(
             "key %s promoted from tier %d to %d (yesterday: %d requests, %d tokens)",
             key.id,
@@ -220,6 +288,7 @@ class QuotaService:
             yesterday.requests,
             yesterday.tokens,
         )
+        return True
 
     # -- admission and settlement --------------------------------------------
     async def admit(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -25,13 +27,18 @@ __all__ = [
     "UpstreamConnectError",
     "UpstreamResponse",
     "UpstreamStream",
+    "UpstreamTLSError",
     "UpstreamTimeoutError",
     "UpstreamTransportError",
     "aiohttp_available",
     "auto_transport",
     "json_bytes",
     "open_upstream",
+    "tls_context",
+    "tls_error",
 ]
+
+logger = logging.getLogger("axione")
 
 try:  # orjson (the `fast` extra) encodes request bodies several times faster.
     import orjson
@@ -60,6 +67,101 @@ class UpstreamConnectError(UpstreamTransportError):
 
 class UpstreamTimeoutError(UpstreamTransportError):
     """The upstream took longer than its timeout to connect or to send."""
+
+
+class UpstreamTLSError(UpstreamConnectError):
+    """The TLS handshake failed: the upstream's certificate did not verify, or worse."""
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """The context every client verifies an https upstream's certificate with.
+
+    With a provider's `ca_file` (a PEM bundle, or a folder of hashed
+    certificates as `openssl rehash` makes), only what it holds is trusted:
+    a private upstream's own CA. Otherwise the system's store, as aiohttp
+    and `ssl.create_default_context()` use it, in which `SSL_CERT_FILE` and
+    `SSL_CERT_DIR`, when set, name the bundle and the folder instead of the
+    system's; when neither is set, certifi's bundle (httpx's) is trusted as
+    well, for systems whose own store is empty. A file named here that
+    cannot be read is an `UpstreamTLSError` naming it, not an empty store.
+    """
+    if ca_file is not None:
+        return _load(None, ca_file, "ca_file")
+    cert_file = os.environ.get("SSL_CERT_FILE") or None
+    cert_dir = os.environ.get("SSL_CERT_DIR") or None
+    context = ssl.create_default_context()  # OpenSSL reads both variables here...
+    if cert_file is not None:  # ... and skips what they name when it is missing
+        _load(context, cert_file, "SSL_CERT_FILE")
+    if cert_dir is not None:
+        _load(context, cert_dir, "SSL_CERT_DIR")
+    if cert_file is None and cert_dir is None:
+        try:
+            import certifi
+        except ImportError:  # pragma: no cover - httpx depends on certifi
+            pass
+        else:
+            context.load_verify_locations(cafile=certifi.where())
+    return context
+
+
+def _load(context: ssl.SSLContext | None, path: str, source: str) -> ssl.SSLContext:
+    """`context` (or a new default one) trusting the certificates at `path` too."""
+    folder = os.path.isdir(path)
+    try:
+        if context is None:  # only these: no system store
+            if folder:
+                return ssl.create_default_context(capath=path)
+            return ssl.create_default_context(cafile=path)
+        if folder:
+            context.load_verify_locations(capath=path)
+        else:
+            context.load_verify_locations(cafile=path)
+        return context
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise UpstreamTLSError(
+            f"{source} {path!r} holds no usable CA certificate ({reason})"
+        ) from None
+
+
+def tls_error(exc: BaseException, origin: str, logged: set[str]) -> UpstreamTLSError | None:
+    """The `UpstreamTLSError` that a failed connection attempt means, if TLS failed.
+
+    `exc` is the client's own exception (whose causes are searched for the
+    `ssl` one). A certificate failure says why it failed ("self-signed
+    certificate", "certificate has expired", a host-name mismatch); the
+    first failure of each kind is logged once per client (`logged` holds
+    what it has said), naming only the upstream's host and port.
+    """
+    seen = _ssl_cause(exc)
+    if isinstance(exc, UpstreamTLSError):  # the trusted certificates could not be loaded
+        message = str(exc)
+    elif seen is None:
+        return None
+    elif isinstance(seen, ssl.SSLCertVerificationError):
+        why = getattr(seen, "verify_message", None) or seen.reason or "unknown reason"
+        message = f"TLS certificate verification failed: {why}"
+    else:
+        message = f"TLS handshake failed: {seen.reason or type(seen).__name__}"
+    if message not in logged:
+        logged.add(message)
+        logger.warning("upstream %s: %s", origin, message)
+    return exc if isinstance(exc, UpstreamTLSError) else UpstreamTLSError(message)
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    seen: BaseException | None = exc
+    for _ in range(8):  # the ssl error sits a cause or two deep in httpx's and aiohttp's
+        if seen is None:
+            return None
+        wrapped = getattr(seen, "os_error", None)  # aiohttp's, itself an SSLError subclass
+        if isinstance(wrapped, BaseException) and wrapped is not seen:
+            seen = wrapped
+        elif isinstance(seen, ssl.SSLError):
+            return seen
+        else:
+            seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +260,16 @@ def open_upstream(
     connect_timeout_s: float,
     max_connections: int,
     transport: httpx.AsyncBaseTransport | None = None,
+    ca_file: str | None = None,
 ) -> UpstreamClient:
     """The client a provider's `transport` setting names.
 
     An explicit httpx `transport` (a fake in tests, a proxy) always means httpx.
+    `ca_file` replaces the trusted CAs for an https upstream (`tls_context`);
+    one that does not exist is refused here, at start-up.
     """
+    if ca_file is not None and not os.path.exists(ca_file):
+        raise ValueError(f"ca_file {ca_file!r} does not exist")
     if transport is not None:
         kind = "httpx"
     elif kind == "auto":
@@ -173,6 +280,7 @@ def open_upstream(
         "timeout_s": timeout_s,
         "connect_timeout_s": connect_timeout_s,
         "max_connections": max_connections,
+        "ca_file": ca_file,
     }
     if kind == "httptools":
         from axione_asgi.transports.httptools_client import HttptoolsUpstream

@@ -4,14 +4,20 @@ httpcore's pool checks every idle connection on every request and runs each
 read through anyio, and httpx builds several objects per call; measured here
 on one core, a POST through httpx cost about 1.1 ms of CPU, through aiohttp
 about 0.08 ms. Under a gateway that is most of the request.
+
+Redirects are never followed (`allow_redirects=False`): aiohttp follows them
+by default, and a redirect to another origin would carry the provider's key
+(`x-api-key`, `x-goog-api-key`) there. A 3xx is the answer, which providers
+treat as an error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -21,13 +27,21 @@ from axione_asgi.transports import (
     UpstreamResponse,
     UpstreamTimeoutError,
     UpstreamTransportError,
+    tls_context,
+    tls_error,
 )
 
 __all__ = ["AiohttpUpstream"]
 
 
-def _mapped(exc: BaseException) -> UpstreamTransportError:
+def _mapped(
+    exc: BaseException, origin: str = "", logged: set[str] | None = None
+) -> UpstreamTransportError:
     if isinstance(exc, aiohttp.ClientConnectorError):
+        if logged is not None:
+            failed = tls_error(exc, origin, logged)
+            if failed is not None:
+                return failed
         return UpstreamConnectError(type(exc).__name__)
     if isinstance(exc, asyncio.TimeoutError):
         return UpstreamTimeoutError(type(exc).__name__)
@@ -72,8 +86,14 @@ class AiohttpUpstream:
         timeout_s: float,
         connect_timeout_s: float,
         max_connections: int,
+        ca_file: str | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        url = urlsplit(base_url)
+        self._tls = url.scheme == "https"
+        self._origin = f"{url.hostname}:{url.port or (443 if self._tls else 80)}"
+        self._ca_file = ca_file
+        self._tls_logged: set[str] = set()
         self._headers = {"content-type": "application/json", **headers}
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=timeout_s
@@ -83,8 +103,12 @@ class AiohttpUpstream:
         self._closed = False
 
     def _open(self) -> aiohttp.ClientSession:
+        # The same trusted certificates as the other clients (transports.tls_context).
+        context: ssl.SSLContext | bool = tls_context(self._ca_file) if self._tls else True
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(
+                limit=self._max_connections, keepalive_timeout=30, ssl=context
+            ),
             headers=self._headers,
             timeout=self._timeout,
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -106,12 +130,12 @@ class AiohttpUpstream:
         session = self._session or self._open()
         try:
             async with session.post(
-                self._url(path, params), data=body, headers=headers
+                self._url(path, params), data=body, headers=headers, allow_redirects=False
             ) as response:
                 content = await response.read()
                 return UpstreamResponse(response.status, _lower(response.headers), content)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _mapped(exc) from None
+            raise _mapped(exc, self._origin, self._tls_logged) from None
 
     @asynccontextmanager
     async def stream(
@@ -123,9 +147,11 @@ class AiohttpUpstream:
     ) -> AsyncIterator[_Stream]:
         session = self._session or self._open()
         try:
-            response = await session.post(self._url(path, params), data=body, headers=headers)
+            response = await session.post(
+                self._url(path, params), data=body, headers=headers, allow_redirects=False
+            )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _mapped(exc) from None
+            raise _mapped(exc, self._origin, self._tls_logged) from None
         try:
             yield _Stream(response)
         finally:

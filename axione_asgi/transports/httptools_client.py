@@ -12,13 +12,35 @@ is complete.
 What it does not do, by design: proxies, redirects, cookies, compression
 (it asks for `Accept-Encoding: identity`), HTTP/2. Choose
 `transport = "aiohttp"` or `"httpx"` for an upstream that needs them.
+
+What it does about an upstream that misbehaves:
+
+- A request goes out once. It is sent again (once, on another connection)
+  only when it provably never reached the server: a pooled connection is
+  checked before it is written to, and one whose peer has closed it, reset
+  it or sent anything since its last answer is dropped unwritten; and on a
+  plain asyncio socket, a write whose first `send()` failed left no byte.
+  A connection that closes after the request was written is an error, even
+  on a pooled connection: the server may have read the request and acted
+  on it (the keep-alive race this leaves is made rare by closing idle
+  connections after `_IDLE_S`, or sooner when the server's `Keep-Alive:
+  timeout=N` says it closes them sooner).
+- Interim answers (`100 Continue`, `103 Early Hints`) are skipped; an
+  unasked `101 Switching Protocols` is an error.
+- Bytes after a complete answer (a second answer in the same packet, or
+  any later) are no part of it: the connection is closed, never reused.
+- Folded header lines (obs-fold, RFC 9112 5.2) are unfolded into one SP.
+- An answer's heads (interim ones included) may hold `_MAX_HEAD_BYTES`
+  (64 KiB) in all, and each `_MAX_HEADERS` (100) header fields; past that
+  the call fails with an `UpstreamTransportError`, having buffered no more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
+import re
+import select
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -31,7 +53,10 @@ from axione_asgi.transports import (
     UpstreamConnectError,
     UpstreamResponse,
     UpstreamTimeoutError,
+    UpstreamTLSError,
     UpstreamTransportError,
+    tls_context,
+    tls_error,
 )
 
 __all__ = ["HttptoolsUpstream"]
@@ -39,13 +64,45 @@ __all__ = ["HttptoolsUpstream"]
 # Reading pauses while this much of a streamed answer waits to be consumed.
 _HIGH_WATER = 1 << 20
 # An idle connection older than this is closed rather than reused. A server
-# that closes one sooner (uvicorn after 5 s) is seen closing it, and one that
-# closes it just as a request leaves gets that request again on a new one.
+# that closes one sooner (uvicorn after 5 s) is seen closing it before it is
+# written to; one that closes it just as a request leaves fails that request
+# (it is not sent again: the server may have read it). A server's announced
+# `Keep-Alive: timeout=N` shortens this to N - 1 s.
 _IDLE_S = 30.0
+# Bounds on an answer's heads: bytes in all (interim heads included), and
+# header fields (distinct names; a repeated one holds its last value) each.
+_MAX_HEAD_BYTES = 64 * 1024
+_MAX_HEADERS = 100
+
+_HEAD_END = b"\r\n\r\n"
+_OBS_FOLD = re.compile(rb"\r\n[ \t]+")
+_KEEP_ALIVE_TIMEOUT = re.compile(r"(?:^|[,;\s])timeout\s*=\s*(\d+)", re.IGNORECASE)
 
 
-class _ClosedUnanswered(UpstreamTransportError):
-    """The connection closed before any byte of the answer arrived."""
+class _BadAnswer(UpstreamTransportError):
+    """An answer this client refuses (too large a head, too many headers, an unasked upgrade)."""
+
+
+class _Unsolicited(Exception):
+    """A second answer's head arrived after the answer was complete."""
+
+
+def _folded(data: bytes, start: int, end: int) -> bool:
+    """Whether `data[start:end]` holds a folded header line (CRLF, then SP or HTAB)."""
+    return data.find(b"\r\n ", start, end) >= 0 or data.find(b"\r\n\t", start, end) >= 0
+
+
+def _readable(fd: int) -> bool:
+    """Whether `fd` has anything to read (bytes, an end, an error), without waiting."""
+    if _poll is not None:
+        poller = _poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover - Windows
+    return bool(readable)
+
+
+_poll = getattr(select, "poll", None)
 
 
 class _Exchange:
@@ -57,11 +114,14 @@ class _Exchange:
         "complete",
         "error",
         "framed",
+        "head_bytes",
         "headers",
         "headers_done",
+        "interim",
         "keep_alive",
         "status",
         "streaming",
+        "unsent",
         "waiter",
     )
 
@@ -69,6 +129,13 @@ class _Exchange:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.headers_done = False
+        # Inside an interim (1xx) answer's head, which is skipped.
+        self.interim = False
+        # Bytes of the answer's heads so far, interim ones included.
+        self.head_bytes = 0
+        # Provably never sent: the connection was closing before the write,
+        # or the write's first send() failed (no byte left).
+        self.unsent = False
         self.body: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         # Read as it arrives: only then may reading pause for a slow reader.
@@ -95,24 +162,89 @@ class _Connection(asyncio.Protocol):
         self.exchange: _Exchange | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.used = False
+        # How long it may stay idle (the server's Keep-Alive timeout may shorten it).
+        self.idle_limit = _IDLE_S
         self.paused = False
+        # An answer head begun in an earlier read and not yet parsed.
+        self.head = bytearray()
+        # Whether a write that fails does so in its first send(), before any
+        # byte left: asyncio's own socket transport (not TLS's, not uvloop's).
+        self.send_fails_whole = False
 
     # -- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they behave as one.
         self.transport = cast(asyncio.Transport, transport)
+        self.send_fails_whole = type(transport).__module__ == "asyncio.selector_events"
 
     def data_received(self, data: bytes) -> None:
-        if self.exchange is None:
+        exchange = self.exchange
+        if exchange is None or exchange.complete:
             # Bytes nobody asked for: the connection cannot be trusted again.
             self.close()
             return
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamTransportError(f"invalid HTTP answer ({type(exc).__name__})"))
+            if exchange.headers_done:
+                self.parser.feed_data(data)
+            else:
+                self._feed_head(exchange, data)
+        except _BadAnswer as exc:
+            self._fail(exc)
             self.close()
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            cause = exc.__context__  # what a callback raised
+            if isinstance(cause, _BadAnswer):
+                self._fail(cause)
+            elif not isinstance(cause, _Unsolicited):  # else the answer is whole already
+                self._fail(UpstreamTransportError(f"invalid HTTP answer ({type(exc).__name__})"))
+            self.close()
+
+    def _feed_head(self, exchange: _Exchange, data: bytes) -> None:
+        """Parse the answer's heads each whole, bounded and unfolded, then what follows."""
+        head = self.head
+        if not head:
+            # Most often one read holds a whole final head (not 1xx), and then
+            # body: parsed in one call. llhttp refuses a folded line; only then
+            # is the head unfolded and parsed again, by a new parser.
+            end = data.find(_HEAD_END)
+            if 0 <= end <= _MAX_HEAD_BYTES - 4 - exchange.head_bytes and data[9:10] != b"1":
+                try:
+                    self.parser.feed_data(data)
+                    return
+                except httptools.HttpParserError:
+                    if exchange.headers_done or not _folded(data, 0, end):
+                        raise
+                self.parser = httptools.HttpResponseParser(self)
+                exchange.headers.clear()
+        else:  # a head begun in an earlier read: is it whole now?
+            scanned = max(0, len(head) - 3)
+            head += data
+            if head.find(_HEAD_END, scanned) < 0:
+                if exchange.head_bytes + len(head) > _MAX_HEAD_BYTES:
+                    raise _BadAnswer(_too_large())
+                return
+            data = bytes(head)
+            head.clear()
+        view = memoryview(data)
+        start = 0
+        while not exchange.headers_done:
+            end = data.find(_HEAD_END, start)
+            if end < 0:
+                if exchange.head_bytes + len(data) - start > _MAX_HEAD_BYTES:
+                    raise _BadAnswer(_too_large())
+                head += view[start:]
+                return
+            end += 4
+            exchange.head_bytes += end - start
+            if exchange.head_bytes > _MAX_HEAD_BYTES:
+                raise _BadAnswer(_too_large())
+            piece = view[start:end]
+            self.parser.feed_data(
+                _OBS_FOLD.sub(b" ", piece) if _folded(data, start, end) else piece
+            )
+            start = end
+        if start < len(data):
+            self.parser.feed_data(view[start:] if start else data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -124,10 +256,7 @@ class _Connection(asyncio.Protocol):
             exchange.complete = True
             exchange.wake()
             return
-        if not exchange.headers_done and not exchange.body:
-            self._fail(_ClosedUnanswered("the upstream closed the connection"))
-        else:
-            self._fail(UpstreamTransportError("the upstream closed the connection"))
+        self._fail(UpstreamTransportError("the upstream closed the connection"))
 
     # -- httptools callbacks -------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -140,7 +269,19 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         exchange = self.exchange
         assert exchange is not None
-        exchange.status = self.parser.get_status_code()
+        if exchange.complete:
+            raise _Unsolicited  # a second answer: it must not touch the first
+        if len(exchange.headers) > _MAX_HEADERS:
+            raise _BadAnswer(f"the upstream's answer has more than {_MAX_HEADERS} headers")
+        status = self.parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise _BadAnswer("the upstream switched protocols unasked (101)")
+            # An interim answer (100 Continue, 103 Early Hints): not the answer.
+            exchange.headers.clear()
+            exchange.interim = True
+            return
+        exchange.status = status
         headers = exchange.headers
         exchange.framed = "content-length" in headers or "transfer-encoding" in headers
         exchange.headers_done = True
@@ -164,16 +305,45 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         exchange = self.exchange
         assert exchange is not None
+        if exchange.interim:
+            exchange.interim = False
+            return
         exchange.keep_alive = self.parser.should_keep_alive()
         exchange.complete = True
         exchange.wake()
 
     # -- use -----------------------------------------------------------------
     def start(self, request: bytes) -> _Exchange:
-        assert self.transport is not None
+        transport = self.transport
+        assert transport is not None
         exchange = self.exchange = _Exchange()
-        self.transport.write(request)
+        self.head.clear()
+        if transport.is_closing():
+            exchange.unsent = True  # a closing transport writes nothing
+            return exchange
+        whole = self.send_fails_whole and not transport.get_write_buffer_size()
+        transport.write(request)
+        if whole and transport.is_closing():
+            # The first send() failed (a reset): asyncio sent nothing and gave up.
+            exchange.unsent = True
         return exchange
+
+    def quiet(self) -> bool:
+        """Whether an idle connection is still open and its peer has sent nothing since.
+
+        A peer that closed it (a FIN), reset it or sent bytes unasked makes
+        it readable, before the loop may have read that: such a connection
+        is not written to.
+        """
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return False
+        sock = transport.get_extra_info("socket")
+        try:
+            fd = sock.fileno()
+        except (AttributeError, OSError, ValueError):
+            return False
+        return fd >= 0 and not _readable(fd)
 
     def consumed(self, exchange: _Exchange, size: int) -> None:
         exchange.buffered -= size
@@ -250,6 +420,7 @@ class HttptoolsUpstream:
         timeout_s: float,
         connect_timeout_s: float,
         max_connections: int,
+        ca_file: str | None = None,
     ) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -278,6 +449,8 @@ class HttptoolsUpstream:
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._ssl: ssl.SSLContext | None = None
+        self._ca_file = ca_file
+        self._tls_logged: set[str] = set()
         self._closed = False
 
     # -- the UpstreamClient interface ----------------------------------------
@@ -372,23 +545,25 @@ class HttptoolsUpstream:
         params: Mapping[str, str] | None,
         headers: Mapping[str, str] | None = None,
     ) -> tuple[_Connection, _Exchange]:
-        """Send on a pooled connection and wait for the answer's head."""
+        """Send on a pooled connection and wait for the answer's head.
+
+        Sent again, once, only when it provably never left (`_Exchange.unsent`);
+        a connection that closes after the request went out fails the call.
+        """
         request = self._request(path, body, params, headers)
+        again = True
         while True:
             conn = await self._acquire()
-            reused = conn.used
-            conn.used = True
             exchange = conn.start(request)
+            if exchange.unsent:
+                self._release(conn, reuse=False)
+                if again:
+                    again = False
+                    continue
+                raise UpstreamTransportError("the upstream closed the connection")
             try:
                 while not exchange.headers_done:
                     await self._wait(exchange)
-            except _ClosedUnanswered:
-                self._release(conn, reuse=False)
-                if reused:
-                    # A kept-alive connection the server had closed meanwhile
-                    # (it answered nothing): the request goes again, on a new one.
-                    continue
-                raise
             except BaseException:
                 self._release(conn, reuse=False)
                 raise
@@ -416,7 +591,7 @@ class HttptoolsUpstream:
         idle = self._idle
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < _IDLE_S:
+            if now - conn.idle_since < conn.idle_limit and conn.quiet():
                 return conn
             conn.close()
             self._open -= 1
@@ -434,7 +609,7 @@ class HttptoolsUpstream:
                 raise
             if idle:
                 conn = idle.pop()
-                if not conn.closed and loop.time() - conn.idle_since < _IDLE_S:
+                if loop.time() - conn.idle_since < conn.idle_limit and conn.quiet():
                     return conn
                 conn.close()
                 self._open -= 1
@@ -451,23 +626,30 @@ class HttptoolsUpstream:
             raise UpstreamConnectError("client closed")
         loop = asyncio.get_running_loop()
         kwargs: dict[str, Any] = {}
-        if self._tls:
-            kwargs = {"ssl": self._ssl_context(), "server_hostname": self._host}
         try:
+            if self._tls:
+                kwargs = {"ssl": self._ssl_context(), "server_hostname": self._host}
             async with asyncio.timeout(self._connect_timeout_s):
                 _, conn = await loop.create_connection(
                     _Connection, self._host, self._port, **kwargs
                 )
         except TimeoutError:
             raise UpstreamTimeoutError("connecting to the upstream timed out") from None
-        except OSError as exc:
-            raise UpstreamConnectError(type(exc).__name__) from None
+        except OSError as exc:  # ssl.SSLError is one
+            failed = tls_error(exc, f"{self._host}:{self._port}", self._tls_logged)
+            raise (failed or UpstreamConnectError(type(exc).__name__)) from None
+        except UpstreamTLSError as exc:  # the CA file cannot be read
+            raise tls_error(exc, f"{self._host}:{self._port}", self._tls_logged) or exc from None
         return conn
 
     def _release(self, conn: _Connection, *, reuse: bool) -> None:
-        conn.exchange = None if reuse else conn.exchange
+        exchange = conn.exchange
+        conn.exchange = None if reuse else exchange
         if reuse and not self._closed:
             conn.idle_since = asyncio.get_running_loop().time()
+            announced = exchange.headers.get("keep-alive") if exchange is not None else None
+            if announced is not None:
+                conn.idle_limit = _idle_limit(announced, conn.idle_limit)
             self._idle.append(conn)
         else:
             conn.close()
@@ -483,20 +665,27 @@ class HttptoolsUpstream:
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            # certifi's bundle, as httpx and aiohttp use; SSL_CERT_FILE overrides it.
-            cafile = os.environ.get("SSL_CERT_FILE")
-            if cafile is None:
-                try:
-                    import certifi
-
-                    cafile = certifi.where()
-                except ImportError:  # pragma: no cover - httpx depends on certifi
-                    cafile = None
-            self._ssl = ssl.create_default_context(cafile=cafile)
+            self._ssl = tls_context(self._ca_file)
         return self._ssl
 
 
 _FIXED = ("host", "content-length", "content-type", "accept-encoding")
+
+
+def _too_large() -> str:
+    return f"the upstream's answer head is larger than {_MAX_HEAD_BYTES} bytes"
+
+
+def _idle_limit(keep_alive: str, current: float) -> float:
+    """How long a connection may idle, given the server's `Keep-Alive` header.
+
+    A second less than the server's `timeout=N`, so that a request does not
+    leave just as the server closes the connection.
+    """
+    found = _KEEP_ALIVE_TIMEOUT.search(keep_alive)
+    if found is None:
+        return current
+    return min(current, max(0.0, int(found.group(1)) - 1.0))
 
 
 def _checked_headers(headers: Mapping[str, str]) -> dict[str, str]:

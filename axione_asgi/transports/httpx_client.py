@@ -1,9 +1,17 @@
-"""The httpx upstream client: the default, and the one that takes any httpx transport."""
+"""The httpx upstream client: the default, and the one that takes any httpx transport.
+
+It never follows redirects (`follow_redirects=False`, httpx's default, said
+here so that no change of default can make it): a redirect to another origin
+would carry the provider's key there. A 3xx is the answer, which providers
+treat as an error.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -12,19 +20,22 @@ from axione_asgi.transports import (
     UpstreamResponse,
     UpstreamTimeoutError,
     UpstreamTransportError,
+    tls_context,
+    tls_error,
 )
 
 __all__ = ["HttpxUpstream"]
 
 
 @contextmanager
-def _mapped_errors() -> Iterator[None]:
+def _mapped_errors(origin: str = "", logged: set[str] | None = None) -> Iterator[None]:
     try:
         yield
     except httpx.TimeoutException as exc:
         raise UpstreamTimeoutError(type(exc).__name__) from None
     except httpx.ConnectError as exc:
-        raise UpstreamConnectError(type(exc).__name__) from None
+        failed = tls_error(exc, origin, logged) if logged is not None else None
+        raise (failed or UpstreamConnectError(type(exc).__name__)) from None
     except httpx.TransportError as exc:
         raise UpstreamTransportError(type(exc).__name__) from None
 
@@ -57,7 +68,16 @@ class HttpxUpstream:
         connect_timeout_s: float,
         max_connections: int,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: str | None = None,
     ) -> None:
+        url = urlsplit(base_url)
+        tls = url.scheme == "https"
+        self._origin = f"{url.hostname}:{url.port or (443 if tls else 80)}"
+        self._tls_logged: set[str] = set()
+        options: dict[str, Any] = {}
+        if tls and transport is None:
+            # The same trusted certificates as the other clients (transports.tls_context).
+            options["verify"] = tls_context(ca_file)
         self._client = httpx.AsyncClient(
             base_url=base_url,
             headers={"content-type": "application/json", **headers},
@@ -68,6 +88,8 @@ class HttpxUpstream:
                 keepalive_expiry=30,
             ),
             transport=transport,
+            follow_redirects=False,
+            **options,
         )
 
     async def post(
@@ -77,7 +99,7 @@ class HttpxUpstream:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
-        with _mapped_errors():
+        with _mapped_errors(self._origin, self._tls_logged):
             response = await self._client.post(path, content=body, params=params, headers=headers)
         return UpstreamResponse(response.status_code, response.headers, response.content)
 
@@ -89,7 +111,7 @@ class HttpxUpstream:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[_Stream]:
-        with _mapped_errors():
+        with _mapped_errors(self._origin, self._tls_logged):
             async with self._client.stream(
                 "POST", path, content=body, params=params, headers=headers
             ) as response:

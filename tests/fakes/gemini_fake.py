@@ -9,8 +9,11 @@ snake_case proto name, like the real parser, and nothing else), roles other
 than `user`/`model`, empty `contents` or `parts`, empty text, function
 responses without a name, out-of-range sampling values, OBJECT parameter
 schemas without properties, ARRAY schemas without items, function-call turns
-in the wrong place or answered by the wrong number of responses, and (for
-`gemini-3*` models) a replayed function call without its thought signature.
+in the wrong place or answered by the wrong number of responses, built-in
+tools (`googleSearch`, `codeExecution`...) offered with function declarations
+(which `gemini-3*` models take only with `includeServerSideToolInvocations`),
+and (for `gemini-3*` models) a replayed function call without its thought
+signature.
 
 `batchEmbedContents` serves the `embedding_models` only (and they serve nothing
 else), and refuses unknown fields, an empty or over-long batch, a request item
@@ -23,10 +26,12 @@ reports no token counts, unless `embedding_usage` is set.
 
 Its "model" is deterministic: with function declarations offered, a calling
 mode other than NONE and a last turn of user text, it calls the first allowed
-function; after function responses it reports them; otherwise it echoes the
-last user text. It honours `maxOutputTokens` (one token per word), stop
-sequences, `candidateCount` and JSON mode. Tests set knobs to make it fail and
-read `requests` to see what the gateway sent.
+function (or the first allowed of those named in `tool_names` when set, none
+for `[]`; with `tool_args` as its args when set); after function responses it
+reports them; otherwise it echoes the last user text. It honours
+`maxOutputTokens` (one token per word), stop sequences, `candidateCount` and
+JSON mode. Tests set knobs to make it fail and read `requests` to see what the
+gateway sent.
 """
 
 from __future__ import annotations
@@ -136,7 +141,11 @@ _MESSAGES: dict[str, dict[str, Any]] = {
         "minimum": "number",
         "maximum": "number",
     },
-    "ToolConfig": {"functionCallingConfig": "FunctionCallingConfig", "retrievalConfig": ANY},
+    "ToolConfig": {
+        "functionCallingConfig": "FunctionCallingConfig",
+        "retrievalConfig": ANY,
+        "includeServerSideToolInvocations": "bool",
+    },
     "FunctionCallingConfig": {"mode": "mode", "allowedFunctionNames": ["string"]},
     "SafetySetting": {"category": "string", "threshold": "string"},
     "GenerationConfig": {
@@ -199,6 +208,16 @@ _DATA_FIELDS = (
     "codeExecutionResult",
 )
 _FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,63}")
+# Built-in tools that Gemini 2.x will not take with function declarations, and
+# Gemini 3 only with `toolConfig.includeServerSideToolInvocations`.
+_BUILT_IN_TOOLS = (
+    "googleSearch",
+    "googleSearchRetrieval",
+    "codeExecution",
+    "urlContext",
+    "fileSearch",
+    "googleMaps",
+)
 
 
 def _snake(name: str) -> str:
@@ -310,6 +329,12 @@ class GeminiFake:
     block: str | None = None
     thoughts_tokens: int = 0
     leak_key_in_errors: bool = False
+    # Which declared functions it may call: all allowed ones (None), those of the
+    # allowed ones named here, in this order (the first is called), or none ([]:
+    # it answers with text). And the call's args, instead of ones made from the
+    # schema and the last user text.
+    tool_names: list[str] | None = None
+    tool_args: dict[str, Any] | None = None
     # Embedding models and their full vector sizes.
     embedding_models: dict[str, int] = field(
         default_factory=lambda: {"gemini-embedding-001": 3072, "text-embedding-004": 768}
@@ -487,6 +512,7 @@ class GeminiFake:
             return JSONResponse({"totalTokens": max(1, _count_prompt(checked))})
         try:
             checked = self.validate(body, model)
+            self._check_tool_combination(checked, model)
         except BadRequest as exc:
             return self._error(400, "INVALID_ARGUMENT", str(exc), key=key)
         responses = self.answer(checked, model)
@@ -671,6 +697,23 @@ class GeminiFake:
                 )
 
     @staticmethod
+    def _check_tool_combination(body: dict[str, Any], model: str) -> None:
+        # Generation refuses built-in tools beside function declarations: Gemini 2.x
+        # always, Gemini 3 unless server-side tool invocations are included.
+        tools = body.get("tools", [])
+        if not any(tool.get("functionDeclarations") for tool in tools):
+            return
+        if not any(name in tool for tool in tools for name in _BUILT_IN_TOOLS):
+            return
+        if not model.startswith("gemini-3"):
+            raise BadRequest("Tool use with function calling is unsupported by the model.")
+        if not body.get("toolConfig", {}).get("includeServerSideToolInvocations"):
+            raise BadRequest(
+                "Please enable tool_config.include_server_side_tool_invocations to use Built-in "
+                "tools with Function calling."
+            )
+
+    @staticmethod
     def _check_config(config: dict[str, Any]) -> None:
         path = "generation_config"
         temperature = config.get("temperature")
@@ -791,8 +834,7 @@ class GeminiFake:
             responses.append({"candidates": candidates, "usageMetadata": usage, **meta})
         return responses
 
-    @staticmethod
-    def _function_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    def _function_call(self, body: dict[str, Any]) -> dict[str, Any] | None:
         declarations = [
             d for tool in body.get("tools", []) for d in tool.get("functionDeclarations", [])
         ]
@@ -805,7 +847,15 @@ class GeminiFake:
         if not declarations or mode == "NONE" or (mode != "ANY" and not last_is_text):
             return None
         allowed = calling.get("allowedFunctionNames") or [d["name"] for d in declarations]
-        chosen = next(d for d in declarations if d["name"] in allowed)
+        names = allowed if self.tool_names is None else self.tool_names
+        chosen = next(
+            (d for name in names if name in allowed for d in declarations if d["name"] == name),
+            None,
+        )
+        if chosen is None:
+            return None
+        if self.tool_args is not None:
+            return {"name": chosen["name"], "args": dict(self.tool_args)}
         text = " ".join(p["text"] for p in last["parts"] if "text" in p) or "input"
         schema = chosen.get("parameters") or chosen.get("parametersJsonSchema") or {}
         args = _value_for(schema, text)

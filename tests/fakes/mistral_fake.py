@@ -7,7 +7,9 @@ takes `input` as a string or a list of non-empty strings, `output_dimension`
 only for `codestral-embed` (`mistral-embed` is 1024 floats, always),
 `output_dtype` `float` and `encoding_format` `float` (what the gateway asks
 for). Usage counts words and punctuation, `completion_tokens` 0, as Mistral
-reports it. Chat is `FakeOpenAI(flavor="mistral")`.
+reports it. Chat is `FakeOpenAI(flavor="mistral")`, as strict: message fields
+beyond Mistral's schema are a 422 of the same shape, tool-call ids that are
+not 9 alphanumerics a 400.
 """
 
 from __future__ import annotations

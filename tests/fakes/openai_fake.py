@@ -26,8 +26,16 @@ unit vectors, usage counts tokens as above (a token array's length). The
 failure knob `fail_status` applies to it too.
 
 `flavor="mistral"` makes it behave like Mistral's OpenAI-like API where the
-two differ: unknown fields are rejected with 422, and the last streamed chunk
-always carries `usage`.
+two differ. Mistral validates with pydantic and forbids extra fields: an
+unknown top-level field, a message field its schema lacks for that role
+(`refusal`, `annotations`, `name` on a user message, ...), a content part or
+tool-call field beyond its own, is a 422 whose `message.detail` lists each
+one (`extra_forbidden`, with its `loc`). Tool-call ids that are not 9 of
+a-z, A-Z, 0-9, and tool results that do not answer the calls before them,
+are a 400 in Mistral's words. Its answers carry Mistral's own shape: 9-character
+call ids, `prefix: false` on the message, `index` on tool calls, no
+`refusal`; a streamed call comes whole in one delta without `type`; the last
+streamed chunk always carries `usage`.
 
 Knobs (attributes, reset with `reset()`): `fail_status`, `retry_after`,
 `delay_s`, `malformed`, `cut_stream_after`, `stream_error_after`,
@@ -85,6 +93,24 @@ _MISTRAL_FIELDS = frozenset(
         "frequency_penalty", "n", "parallel_tool_calls", "prediction", "safe_prompt",
     }
 )  # fmt: skip
+# Mistral's message schema: the fields of each role, of content parts and of tool calls.
+_MISTRAL_MESSAGE_FIELDS = {
+    "system": frozenset({"role", "content"}),
+    "user": frozenset({"role", "content"}),
+    "assistant": frozenset({"role", "content", "tool_calls", "prefix"}),
+    "tool": frozenset({"role", "content", "tool_call_id", "name"}),
+}
+_MISTRAL_PART_FIELDS = {
+    "text": frozenset({"type", "text"}),
+    "image_url": frozenset({"type", "image_url"}),
+    "document_url": frozenset({"type", "document_url", "document_name"}),
+    "input_audio": frozenset({"type", "input_audio"}),
+}
+_MISTRAL_CALL_FIELDS = frozenset({"id", "type", "function", "index"})
+_MISTRAL_FUNCTION_CALL_FIELDS = frozenset({"name", "arguments"})
+_MISTRAL_TOOL_FIELDS = frozenset({"type", "function"})
+_MISTRAL_FUNCTION_FIELDS = frozenset({"name", "description", "parameters", "strict"})
+_MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
 _EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
 # Embedding models: full size, and whether `dimensions` may shorten it.
 EMBEDDING_MODELS = {
@@ -102,11 +128,143 @@ def count_tokens(text: str) -> int:
 
 
 class _Invalid(Exception):
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        *,
+        detail: list[Json] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
+        self.detail = detail  # Mistral's 422: pydantic's list of what was wrong
+
+
+def _extra(loc: list[Any], value: Any) -> Json:
+    return {
+        "type": "extra_forbidden",
+        "loc": ["body", *loc],
+        "msg": "Extra inputs are not permitted",
+        "input": value,
+    }
+
+
+def _mistral_details(body: Json) -> list[Json]:
+    """What Mistral's pydantic schema refuses in `body`, as its 422 lists it."""
+    details = [_extra([k], v) for k, v in body.items() if k not in _MISTRAL_FIELDS]
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        allowed = _MISTRAL_MESSAGE_FIELDS.get(role) if isinstance(role, str) else None
+        if allowed is None:
+            details.append(
+                {
+                    "type": "union_tag_invalid",
+                    "loc": ["body", "messages", i],
+                    "msg": f"Input tag '{role}' found using 'role' does not match any of the "
+                    "expected tags: 'assistant', 'system', 'tool', 'user'",
+                    "input": message,
+                }
+            )
+            continue
+        where: list[Any] = ["messages", i, role]
+        details += [_extra([*where, k], v) for k, v in message.items() if k not in allowed]
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            fields = _MISTRAL_PART_FIELDS.get(kind) if isinstance(kind, str) else None
+            if fields is None or not isinstance(part, dict):
+                details.append(
+                    {
+                        "type": "union_tag_invalid",
+                        "loc": ["body", *where, "content", j],
+                        "msg": f"Input tag '{kind}' found using 'type' does not match any of "
+                        "the expected tags",
+                        "input": part,
+                    }
+                )
+                continue
+            details += [
+                _extra([*where, "content", j, kind, k], v)
+                for k, v in part.items()
+                if k not in fields
+            ]
+            image = part.get("image_url")
+            if kind == "image_url" and isinstance(image, dict):
+                details += [
+                    _extra([*where, "content", j, kind, "image_url", k], v)
+                    for k, v in image.items()
+                    if k not in ("url", "detail")
+                ]
+        calls = message.get("tool_calls")
+        for j, call in enumerate(calls if isinstance(calls, list) else []):
+            if not isinstance(call, dict):
+                continue
+            at = [*where, "tool_calls", j]
+            details += [
+                _extra([*at, k], v) for k, v in call.items() if k not in _MISTRAL_CALL_FIELDS
+            ]
+            function = call.get("function")
+            if isinstance(function, dict):
+                details += [
+                    _extra([*at, "function", k], v)
+                    for k, v in function.items()
+                    if k not in _MISTRAL_FUNCTION_CALL_FIELDS
+                ]
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        if not isinstance(tool, dict):
+            continue
+        details += [
+            _extra(["tools", i, k], v) for k, v in tool.items() if k not in _MISTRAL_TOOL_FIELDS
+        ]
+        function = tool.get("function")
+        if isinstance(function, dict):
+            details += [
+                _extra(["tools", i, "function", k], v)
+                for k, v in function.items()
+                if k not in _MISTRAL_FUNCTION_FIELDS
+            ]
+    return details
+
+
+def _mistral_tool_turns(messages: list[Any]) -> None:
+    """Mistral's checks of tool calls and their results, in its words (a 400)."""
+    pending: list[str] | None = None
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        ids = [c.get("id") for c in message.get("tool_calls") or () if isinstance(c, dict)]
+        if role == "tool":
+            ids = [message.get("tool_call_id")]
+        for call_id in ids:
+            if not isinstance(call_id, str) or not _MISTRAL_ID.fullmatch(call_id):
+                raise _Invalid(
+                    f"Tool call id was {call_id} but must be a-z, A-Z, 0-9, with a length of 9."
+                )
+        if role == "tool":
+            if not pending or ids[0] not in pending:
+                raise _Invalid(f"Unexpected tool call id {ids[0]} in tool results")
+            pending.remove(ids[0])
+            continue
+        if pending:
+            raise _Invalid("Not the same number of function calls and responses")
+        pending = list(ids) if role == "assistant" else None
+    if pending:
+        raise _Invalid("Not the same number of function calls and responses")
+
+
+def mistral_call_id(*parts: str) -> str:
+    """A call id as Mistral makes them: 9 of a-z, A-Z, 0-9 (deterministic here)."""
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    number = int(hashlib.sha256("\0".join(parts).encode()).hexdigest(), 16)
+    return "".join(alphabet[(number >> (6 * i)) % 62] for i in range(9))
 
 
 def _text(message: Json) -> str:
@@ -174,6 +332,19 @@ class FakeOpenAI:
         body = {"error": {"message": message, "type": etype, "param": param, "code": code}}
         return JSONResponse(body, status_code=status, headers=headers)
 
+    @staticmethod
+    def _mistral_error(exc: _Invalid) -> JSONResponse:
+        """Mistral's error body: a 422 lists pydantic's details, a 400 says one thing."""
+        message: Any = {"detail": exc.detail} if exc.detail else exc.message
+        body = {
+            "object": "error",
+            "message": message,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+        return JSONResponse(body, status_code=422 if exc.detail else 400)
+
     def _failure(self, status: int, bearer: str) -> JSONResponse:
         quoted = f" (request made with key {bearer})" if self.echo_key_in_errors else ""
         headers = {"retry-after": self.retry_after} if self.retry_after else None
@@ -203,11 +374,12 @@ class FakeOpenAI:
     def _validate(self, body: Any) -> Json:
         if not isinstance(body, dict):
             raise _Invalid("The request body must be a JSON object")
-        allowed = _MISTRAL_FIELDS if self.flavor == "mistral" else None
-        if allowed is not None:
-            extra = sorted(set(body) - allowed)
-            if extra:
-                raise _Invalid(f"Extra inputs are not permitted: {extra[0]}", param=extra[0])
+        if self.flavor == "mistral":
+            details = _mistral_details(body)
+            if details:
+                raise _Invalid("Extra inputs are not permitted", detail=details)
+            if isinstance(body.get("messages"), list):
+                _mistral_tool_turns(body["messages"])
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise _Invalid("you must provide a model parameter")
@@ -258,6 +430,13 @@ class FakeOpenAI:
             tool = next((t for t in tools if t["function"]["name"] == wanted), tool)
         name = tool["function"]["name"]
         user_text = _text(body["messages"][-1])
+        if self.flavor == "mistral":
+            return {
+                "id": mistral_call_id(name, user_text),
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps({"input": user_text})},
+                "index": 0,
+            }
         return {
             "id": f"call_fake_{count_tokens(user_text):04d}_{name}",
             "type": "function",
@@ -303,6 +482,21 @@ class FakeOpenAI:
             text = "".join(pieces)
             message = {"role": "assistant", "content": text}
             completion_tokens = count_tokens(text)
+        if self.flavor == "mistral":
+            message.setdefault("tool_calls", None)
+            message["prefix"] = False
+            return {
+                "id": "cmpl-fake0001",
+                "object": "chat.completion",
+                "created": CREATED,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": {
+                    k: v
+                    for k, v in self._usage(body, completion_tokens).items()
+                    if k in ("prompt_tokens", "completion_tokens", "total_tokens")
+                },
+            }
         message.update({"refusal": None, "annotations": []})
         return {
             "id": "chatcmpl-fake0001",
@@ -339,7 +533,14 @@ class FakeOpenAI:
 
         out: list[Json] = []
         call = self._tool_call(body)
-        if call is not None:
+        if call is not None and mistral:
+            # Mistral: the whole call in one delta, with its index and without `type`.
+            whole = {k: v for k, v in call.items() if k != "type"}
+            out.append(chunk({"role": "assistant", "content": ""}))
+            out.append(chunk({"content": "", "tool_calls": [whole]}))
+            out.append(chunk({}, "tool_calls"))
+            completion_tokens = count_tokens(call["function"]["arguments"])
+        elif call is not None:
             head = {
                 **call,
                 "index": 0,
@@ -359,7 +560,8 @@ class FakeOpenAI:
             completion_tokens = count_tokens(args)
         else:
             pieces, finish = self._answer(body)
-            out.append(chunk({"role": "assistant", "content": "", "refusal": None}))
+            first: Json = {"role": "assistant", "content": ""}
+            out.append(chunk(first if mistral else {**first, "refusal": None}))
             out.extend(chunk({"content": piece}) for piece in pieces)
             out.append(chunk({}, finish))
             completion_tokens = count_tokens("".join(pieces))
@@ -426,8 +628,9 @@ class FakeOpenAI:
         try:
             body = self._validate(parsed)
         except _Invalid as exc:
-            status = 422 if self.flavor == "mistral" and exc.param else 400
-            return self._error(status, exc.message, param=exc.param, code=exc.code)
+            if self.flavor == "mistral":
+                return self._mistral_error(exc)
+            return self._error(400, exc.message, param=exc.param, code=exc.code)
         if self.malformed:
             return Response(b'{"id": "chatcmpl-x", "choices": [', media_type="application/json")
         if body.get("stream"):
