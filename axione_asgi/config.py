@@ -139,6 +139,10 @@ class ProviderConfig(_Strict):
     # `stream_timeout_s` in all.
     stream_idle_timeout_s: float = Field(default=120.0, gt=0)
     stream_timeout_s: float = Field(default=1800.0, gt=0)
+    # The largest whole answer read from the upstream, and the largest one event
+    # of a stream: past them, a 502 "answer too large" (0 for no bound).
+    max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    max_event_bytes: int = Field(default=1024 * 1024, ge=0)
     # Kind `anthropic`, on pass-through: the `anthropic-beta` values forwarded
     # (None: every one the client sends).
     allowed_betas: list[str] | None = None

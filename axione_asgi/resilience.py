@@ -34,7 +34,11 @@ def is_retryable(exc: AxioneError) -> bool:
         return exc.code == "upstream_rate_limited"
     if isinstance(exc, UpstreamError):
         # Credentials and certificates do not mend by asking again.
-        return exc.code not in ("upstream_auth_failed", "upstream_tls_error")
+        return exc.code not in (
+            "upstream_auth_failed",
+            "upstream_tls_error",
+            "upstream_answer_too_large",  # read again, it would be as large
+        )
     return False
 
 

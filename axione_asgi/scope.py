@@ -72,6 +72,10 @@ class QuotaHandle(Protocol):
         """Name the model that answered (a fallback), for the ledger record."""
         ...
 
+    def attempted(self, count: int) -> None:
+        """The upstream calls the request made, retries and fallbacks included."""
+        ...
+
     def exempt(self) -> None:
         """Do not count this request (metadata such as `/usage`); headers still show the day."""
         ...

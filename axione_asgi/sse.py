@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
-__all__ = ["DONE", "SSEDecoder", "SSEEvent", "aiter_sse", "encode_data"]
+__all__ = [
+    "DONE",
+    "EventTooLarge",
+    "SSEDecoder",
+    "SSEEvent",
+    "aiter_sse",
+    "encode_data",
+]
 
 DONE = b"data: [DONE]\n\n"
 
@@ -38,6 +45,14 @@ async def aiter_sse(lines: AsyncIterable[str]) -> AsyncIterator[SSEEvent]:
         yield event
 
 
+class EventTooLarge(ValueError):
+    """One event grew past the decoder's `max_event_bytes`."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an event is over {limit} bytes")
+        self.limit = limit
+
+
 class SSEDecoder:
     """Parses an event stream from its raw bytes, block by block, as they arrive.
 
@@ -56,9 +71,20 @@ class SSEDecoder:
     is the size of the event being received, for a caller that bounds it.
     """
 
-    __slots__ = ("_after_cr", "_data", "_data_bytes", "_event", "_id", "_line", "_line_bytes")
+    __slots__ = (
+        "_after_cr",
+        "_data",
+        "_data_bytes",
+        "_event",
+        "_id",
+        "_line",
+        "_line_bytes",
+        "max_event_bytes",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = 0) -> None:
+        # One event's bound (0: none): past it `feed` raises `EventTooLarge`.
+        self.max_event_bytes = max_event_bytes
         # The unfinished line, in the pieces it arrived in, and their size.
         self._line: list[bytes] = []
         self._line_bytes = 0
@@ -90,6 +116,7 @@ class SSEDecoder:
             if tail:
                 pieces.append(tail)
                 self._line_bytes += len(tail)
+                self._check()
             return []
         if pieces:
             pieces.append(lines[0])
@@ -103,6 +130,7 @@ class SSEDecoder:
         for line in lines:
             if not line:
                 if data:
+                    self._check()
                     events.append(SSEEvent(self._event, "\n".join(data), self._id))
                     data = self._data = []
                     self._data_bytes = 0
@@ -121,7 +149,12 @@ class SSEDecoder:
                 self._event = value or "message"
             elif name == b"id":
                 self._id = value
+        self._check()
         return events
+
+    def _check(self) -> None:
+        if self.max_event_bytes and self.pending_bytes > self.max_event_bytes:
+            raise EventTooLarge(self.max_event_bytes)
 
     def close(self) -> list[SSEEvent]:
         """The event left open when the stream ended (some servers omit the last blank line)."""

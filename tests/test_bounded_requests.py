@@ -140,3 +140,27 @@ async def test_implausible_usage_is_estimated_and_the_key_keeps_its_day(usage: U
     assert answer.status_code == 200
     assert 0 < day["used"]["tokens"] <= 50 + 10  # the estimate: prompt and cap
     assert day["remaining"]["tokens"] > 0
+
+
+async def test_the_ledger_counts_every_attempt_of_a_request() -> None:
+    store = MemoryKeyStore()
+    _, key = await store.create("b")
+    upstream = Upstream("failing")
+    app = create_app(config(), providers={"up": upstream}, key_store=store)
+    async with (
+        app.lifespan(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        for models in ([], ["up/m1", "up/m2"]):
+            await client.post(
+                "/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={
+                    "model": "up/m0",
+                    "models": models,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
+        await app.runtime.quota.writer.stop()
+        records = app.runtime.quota.ledger.records()
+    assert [r.attempts for r in records] == [3, 6]  # 1 model x 3 tries; the budget of 6

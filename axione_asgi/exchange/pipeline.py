@@ -303,7 +303,11 @@ class Pipeline:
             async with upstream_call(scope, route):
                 return await call(route)
 
-        route, answer = await first_success(exchange.candidates, observed, self.retry)
+        try:
+            route, answer = await first_success(exchange.candidates, observed, self.retry)
+        finally:
+            if exchange.quota is not None:
+                exchange.quota.attempted(exchange.attempts)
         exchange.answered_by(route)
         return answer
 

@@ -42,9 +42,11 @@ from axione_asgi.providers.base import (
     ModelRoute,
     NativeProvider,
     TokenCountingProvider,
+    event_limit,
+    too_large,
 )
 from axione_asgi.scope import exempt_from_quota, key_of, request_id_of
-from axione_asgi.sse import SSEDecoder
+from axione_asgi.sse import EventTooLarge, SSEDecoder
 from axione_asgi.streaming import EventStreamResponse, StreamCut
 from axione_asgi.transports import UpstreamStream
 
@@ -275,7 +277,7 @@ class AnthropicMessagesIngress:
         self, exchange: Exchange, stack: AsyncExitStack, upstream: UpstreamStream, model: str
     ) -> AsyncIterator[bytes]:
         """The upstream's events as they come, `model` renamed; usage read on the way."""
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(event_limit(exchange.route))
         usage: Json = {}
         ended = False
         try:
@@ -298,6 +300,8 @@ class AnthropicMessagesIngress:
                 )
         except AxioneError as exc:
             yield error_event(exc)
+        except EventTooLarge as exc:
+            yield error_event(too_large(exchange.route, exc))
         except asyncio.CancelledError:
             yield error_event(StreamCut())  # the server is shutting down (see StreamCut)
             raise

@@ -47,9 +47,9 @@ from axione_asgi.ingress.responses_format import (
     wants_web_search,
 )
 from axione_asgi.openai_types import ChatCompletionRequest, new_id, now
-from axione_asgi.providers.base import ModelRoute, NativeProvider
+from axione_asgi.providers.base import ModelRoute, NativeProvider, event_limit, too_large
 from axione_asgi.scope import exempt_from_quota, key_of, request_id_of
-from axione_asgi.sse import SSEDecoder, SSEEvent
+from axione_asgi.sse import EventTooLarge, SSEDecoder, SSEEvent
 from axione_asgi.stores.responses import ResponseStore, StoredResponse
 from axione_asgi.streaming import EventStreamResponse, StreamCut
 from axione_asgi.transports import UpstreamStream
@@ -366,7 +366,7 @@ class OpenAIResponsesIngress:
     ) -> AsyncIterator[bytes]:
         """The upstream's events as they come, `model` renamed; usage read from the last."""
         exchange = call.exchange
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(event_limit(exchange.route))
         final: list[Json] = []
         ended = False
         try:
@@ -398,6 +398,8 @@ class OpenAIResponsesIngress:
             yield f"event: error\ndata: {json.dumps(payload)}\n\n".encode()
             raise
         except Exception as exc:
+            if isinstance(exc, EventTooLarge):
+                exc = too_large(exchange.route, exc)
             request_id = request_id_of(exchange.scope)
             logger.warning(
                 "pass-through stream failed in request %s: %s", request_id, type(exc).__name__

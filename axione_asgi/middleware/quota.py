@@ -66,6 +66,7 @@ class _Handle:
     __slots__ = (
         "_reported_event",
         "admission",
+        "attempts",
         "cache_hit",
         "completion_tokens",
         "estimated",
@@ -88,6 +89,7 @@ class _Handle:
         self.tier = tier
         self.now = now
         self.admission: Admission | None = None
+        self.attempts = 0
         self.snapshot: Snapshot | None = None
         self.model: str | None = None
         self.provider: str | None = None
@@ -146,6 +148,9 @@ class _Handle:
 
     def answered_by(self, *, model: str, provider: str) -> None:
         self.model, self.provider = model, provider
+
+    def attempted(self, count: int) -> None:
+        self.attempts = count
 
     def exempt(self) -> None:
         if self.admission is None:
@@ -254,6 +259,7 @@ class TierQuotaMiddleware:
                         cache_hit=handle.cache_hit,
                         dialect=envelope_of(scope).dialect,
                         session_id=_session_id(scope),
+                        attempts=handle.attempts,
                     )
                 except Exception:
                     # The answer is already out: a failing counter store must

@@ -28,7 +28,7 @@ from axione_asgi.openai_types import (
     EmbeddingRequest,
     EmbeddingResponse,
 )
-from axione_asgi.sse import SSEDecoder, SSEEvent
+from axione_asgi.sse import EventTooLarge, SSEDecoder, SSEEvent
 from axione_asgi.transports import (
     UpstreamClient,
     UpstreamConnectError,
@@ -36,6 +36,7 @@ from axione_asgi.transports import (
     UpstreamStream,
     UpstreamTimeoutError,
     UpstreamTLSError,
+    UpstreamTooLargeError,
     UpstreamTransportError,
     json_bytes,
     open_upstream,
@@ -55,8 +56,11 @@ __all__ = [
     "Provider",
     "ProviderRegistry",
     "TokenCountingProvider",
+    "answer_too_large",
+    "event_limit",
     "flatten",
     "native_dialects_of",
+    "too_large",
 ]
 
 
@@ -217,6 +221,7 @@ class HTTPProvider:
             max_connections=cfg.max_connections,
             transport=self._transport,
             ca_file=cfg.ca_file,
+            max_response_bytes=cfg.max_response_bytes,
         )
 
     async def aclose(self) -> None:
@@ -336,6 +341,8 @@ class HTTPProvider:
             ) from None
         except UpstreamConnectError:
             raise ProviderUnavailable(f"Provider '{self.name}' could not be reached") from None
+        except UpstreamTooLargeError as exc:
+            raise answer_too_large(self.name, exc) from None
         except UpstreamTransportError as exc:
             raise UpstreamError(f"Provider '{self.name}' connection failed: {exc}") from None
 
@@ -443,15 +450,23 @@ class HTTPProvider:
 
     async def _event_batches(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[list[SSEEvent]]:
         # One async step per network read, not per line: see SSEDecoder.
-        decoder = SSEDecoder()
-        with self.transport_errors():
+        decoder = SSEDecoder(self.config.max_event_bytes)
+        with self.transport_errors(), self.too_large():
             async for chunk in chunks:
                 events = decoder.feed(chunk)
                 if events:
                     yield events
-        events = decoder.close()
-        if events:
-            yield events
+            events = decoder.close()
+            if events:
+                yield events
+
+    @contextmanager
+    def too_large(self) -> Iterator[None]:
+        """One event past `max_event_bytes`: the answer is refused, as too large."""
+        try:
+            yield
+        except EventTooLarge as exc:
+            raise answer_too_large(self.name, exc) from None
 
     async def _lines(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
         # An unfinished line is kept in pieces, joined once it ends: linear in its size.
@@ -469,6 +484,26 @@ class HTTPProvider:
         tail = b"".join(pending)
         if tail:
             yield tail.rstrip(b"\r").decode("utf-8", "replace")
+
+
+def event_limit(route: ModelRoute) -> int:
+    """The largest one event a route's upstream may send (0: no bound)."""
+    config = getattr(route.provider, "config", None)
+    limit = getattr(config, "max_event_bytes", 0)
+    return limit if isinstance(limit, int) else 0
+
+
+def answer_too_large(provider_name: str, exc: Exception) -> UpstreamError:
+    """The 502 for an upstream answer past its bound (not retried: it would be as large)."""
+    return UpstreamError(
+        f"Provider '{provider_name}' sent an answer too large: {exc}",
+        code="upstream_answer_too_large",
+    )
+
+
+def too_large(route: ModelRoute, exc: Exception) -> UpstreamError:
+    """`answer_too_large` for a route's provider."""
+    return answer_too_large(route.provider_name, exc)
 
 
 async def flatten(batches: AsyncIterator[list[T]]) -> AsyncIterator[T]:

@@ -82,6 +82,8 @@ class UsageRecord:
     dialect: str | None = None
     # A client's own session id (Claude Code's `X-Claude-Code-Session-Id`), to sum a session.
     session_id: str | None = None
+    # Upstream calls the request made, retries and fallbacks included (0: none).
+    attempts: int = 0
 
     @property
     def day(self) -> date:
@@ -180,19 +182,20 @@ CREATE TABLE IF NOT EXISTS usage_ledger (
     request_id TEXT,
     cache_hit INTEGER NOT NULL DEFAULT 0,
     dialect TEXT,
-    session_id TEXT
+    session_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_ledger_day_key ON usage_ledger (day, key_id);
 """
 
 _COLUMNS = (
     "time, key_id, model, provider, prompt_tokens, completion_tokens, estimated, status, "
-    "latency_ms, request_id, cache_hit, dialect, session_id"
+    "latency_ms, request_id, cache_hit, dialect, session_id, attempts"
 )
 _INSERT = (
     "INSERT INTO usage_ledger (time, day, key_id, model, provider, prompt_tokens, "
     "completion_tokens, estimated, status, latency_ms, request_id, cache_hit, dialect, "
-    "session_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "session_id, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -212,6 +215,7 @@ def _row(r: UsageRecord) -> tuple[object, ...]:
         int(r.cache_hit),
         r.dialect,
         r.session_id,
+        r.attempts,
     )
 
 
@@ -246,6 +250,7 @@ class SQLiteLedger:
                 ("cache_hit", "INTEGER NOT NULL DEFAULT 0"),
                 ("dialect", "TEXT"),
                 ("session_id", "TEXT"),
+                ("attempts", "INTEGER NOT NULL DEFAULT 0"),
             ):
                 if column not in columns:
                     conn.execute(f"ALTER TABLE usage_ledger ADD COLUMN {column} {kind}")
@@ -311,6 +316,7 @@ class SQLiteLedger:
                 cache_hit=bool(row[10]),
                 dialect=row[11],
                 session_id=row[12],
+                attempts=row[13],
             )
             for row in rows
         ]
@@ -386,6 +392,7 @@ def _spill_line(r: UsageRecord) -> str:
             "cache_hit": r.cache_hit,
             "dialect": r.dialect,
             "session_id": r.session_id,
+            "attempts": r.attempts,
         }
     )
 
@@ -406,6 +413,7 @@ def _from_spill_line(line: str) -> UsageRecord:
         cache_hit=bool(data.get("cache_hit", False)),
         dialect=data.get("dialect"),
         session_id=data.get("session_id"),
+        attempts=int(data.get("attempts") or 0),
     )
 
 

@@ -354,6 +354,7 @@ class QuotaService:
         cache_hit: bool = False,
         dialect: str | None = None,
         session_id: str | None = None,
+        attempts: int = 0,
     ) -> None:
         """Replace the reservation by the real count, and queue the ledger record."""
         prompt_tokens = max(0, prompt_tokens)
@@ -381,6 +382,7 @@ class QuotaService:
                     cache_hit=cache_hit,
                     dialect=dialect,
                     session_id=session_id,
+                    attempts=attempts,
                 )
             )
 

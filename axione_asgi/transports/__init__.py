@@ -29,6 +29,7 @@ __all__ = [
     "UpstreamStream",
     "UpstreamTLSError",
     "UpstreamTimeoutError",
+    "UpstreamTooLargeError",
     "UpstreamTransportError",
     "aiohttp_available",
     "auto_transport",
@@ -67,6 +68,10 @@ class UpstreamConnectError(UpstreamTransportError):
 
 class UpstreamTimeoutError(UpstreamTransportError):
     """The upstream took longer than its timeout to connect or to send."""
+
+
+class UpstreamTooLargeError(UpstreamTransportError):
+    """A whole answer grew past the client's `max_response_bytes`: it was not read further."""
 
 
 class UpstreamTLSError(UpstreamConnectError):
@@ -261,6 +266,7 @@ def open_upstream(
     max_connections: int,
     transport: httpx.AsyncBaseTransport | None = None,
     ca_file: str | None = None,
+    max_response_bytes: int = 0,
 ) -> UpstreamClient:
     """The client a provider's `transport` setting names.
 
@@ -281,6 +287,7 @@ def open_upstream(
         "connect_timeout_s": connect_timeout_s,
         "max_connections": max_connections,
         "ca_file": ca_file,
+        "max_response_bytes": max_response_bytes,
     }
     if kind == "httptools":
         from axione_asgi.transports.httptools_client import HttptoolsUpstream

@@ -26,6 +26,7 @@ from axione_asgi.transports import (
     UpstreamConnectError,
     UpstreamResponse,
     UpstreamTimeoutError,
+    UpstreamTooLargeError,
     UpstreamTransportError,
     tls_context,
     tls_error,
@@ -87,12 +88,14 @@ class AiohttpUpstream:
         connect_timeout_s: float,
         max_connections: int,
         ca_file: str | None = None,
+        max_response_bytes: int = 0,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         url = urlsplit(base_url)
         self._tls = url.scheme == "https"
         self._origin = f"{url.hostname}:{url.port or (443 if self._tls else 80)}"
         self._ca_file = ca_file
+        self._max_body = max_response_bytes
         self._tls_logged: set[str] = set()
         self._headers = {"content-type": "application/json", **headers}
         self._timeout = aiohttp.ClientTimeout(
@@ -132,7 +135,19 @@ class AiohttpUpstream:
             async with session.post(
                 self._url(path, params), data=body, headers=headers, allow_redirects=False
             ) as response:
-                content = await response.read()
+                if not self._max_body:
+                    content = await response.read()
+                else:
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in response.content.iter_any():
+                        size += len(chunk)
+                        if size > self._max_body:
+                            raise UpstreamTooLargeError(
+                                f"the answer is over {self._max_body} bytes"
+                            )
+                        chunks.append(chunk)
+                    content = b"".join(chunks)
                 return UpstreamResponse(response.status, _lower(response.headers), content)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _mapped(exc, self._origin, self._tls_logged) from None

@@ -54,6 +54,7 @@ from axione_asgi.transports import (
     UpstreamResponse,
     UpstreamTimeoutError,
     UpstreamTLSError,
+    UpstreamTooLargeError,
     UpstreamTransportError,
     tls_context,
     tls_error,
@@ -119,6 +120,7 @@ class _Exchange:
         "headers_done",
         "interim",
         "keep_alive",
+        "max_body",
         "status",
         "streaming",
         "unsent",
@@ -138,6 +140,8 @@ class _Exchange:
         self.unsent = False
         self.body: collections.deque[bytes] = collections.deque()
         self.buffered = 0
+        # A whole answer's bound (0: none); a streamed one is read as it comes.
+        self.max_body = 0
         # Read as it arrives: only then may reading pause for a slow reader.
         self.streaming = False
         self.complete = False
@@ -170,6 +174,8 @@ class _Connection(asyncio.Protocol):
         # Whether a write that fails does so in its first send(), before any
         # byte left: asyncio's own socket transport (not TLS's, not uvloop's).
         self.send_fails_whole = False
+        # The client's bound on a whole answer (0: none).
+        self.max_body = 0
 
     # -- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -292,6 +298,11 @@ class _Connection(asyncio.Protocol):
         assert exchange is not None
         exchange.body.append(body)
         exchange.buffered += len(body)
+        if exchange.max_body and not exchange.streaming and exchange.buffered > exchange.max_body:
+            # Not read further: the connection goes, and with it the rest of the answer.
+            self._fail(UpstreamTooLargeError(f"the answer is over {exchange.max_body} bytes"))
+            self.close()
+            return
         if (
             exchange.streaming
             and exchange.buffered > _HIGH_WATER
@@ -317,6 +328,7 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         exchange = self.exchange = _Exchange()
+        exchange.max_body = self.max_body
         self.head.clear()
         if transport.is_closing():
             exchange.unsent = True  # a closing transport writes nothing
@@ -421,6 +433,7 @@ class HttptoolsUpstream:
         connect_timeout_s: float,
         max_connections: int,
         ca_file: str | None = None,
+        max_response_bytes: int = 0,
     ) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -450,6 +463,7 @@ class HttptoolsUpstream:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._ssl: ssl.SSLContext | None = None
         self._ca_file = ca_file
+        self._max_body = max_response_bytes
         self._tls_logged: set[str] = set()
         self._closed = False
 
@@ -640,6 +654,7 @@ class HttptoolsUpstream:
             raise (failed or UpstreamConnectError(type(exc).__name__)) from None
         except UpstreamTLSError as exc:  # the CA file cannot be read
             raise tls_error(exc, f"{self._host}:{self._port}", self._tls_logged) or exc from None
+        conn.max_body = self._max_body
         return conn
 
     def _release(self, conn: _Connection, *, reuse: bool) -> None:

@@ -19,6 +19,7 @@ from axione_asgi.transports import (
     UpstreamConnectError,
     UpstreamResponse,
     UpstreamTimeoutError,
+    UpstreamTooLargeError,
     UpstreamTransportError,
     tls_context,
     tls_error,
@@ -69,11 +70,13 @@ class HttpxUpstream:
         max_connections: int,
         transport: httpx.AsyncBaseTransport | None = None,
         ca_file: str | None = None,
+        max_response_bytes: int = 0,
     ) -> None:
         url = urlsplit(base_url)
         tls = url.scheme == "https"
         self._origin = f"{url.hostname}:{url.port or (443 if tls else 80)}"
         self._tls_logged: set[str] = set()
+        self._max_body = max_response_bytes
         options: dict[str, Any] = {}
         if tls and transport is None:
             # The same trusted certificates as the other clients (transports.tls_context).
@@ -100,8 +103,22 @@ class HttpxUpstream:
         headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
         with _mapped_errors(self._origin, self._tls_logged):
-            response = await self._client.post(path, content=body, params=params, headers=headers)
-        return UpstreamResponse(response.status_code, response.headers, response.content)
+            if not self._max_body:
+                response = await self._client.post(
+                    path, content=body, params=params, headers=headers
+                )
+                return UpstreamResponse(response.status_code, response.headers, response.content)
+            async with self._client.stream(
+                "POST", path, content=body, params=params, headers=headers
+            ) as streamed:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in streamed.aiter_bytes():
+                    size += len(chunk)
+                    if size > self._max_body:
+                        raise UpstreamTooLargeError(f"the answer is over {self._max_body} bytes")
+                    chunks.append(chunk)
+                return UpstreamResponse(streamed.status_code, streamed.headers, b"".join(chunks))
 
     @asynccontextmanager
     async def stream(
