@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Protocol, TypeVar
 
 import anyio
@@ -36,6 +37,7 @@ from axione_asgi.providers.base import ModelRoute, Provider, ProviderRegistry
 from axione_asgi.resilience import RetryPolicy, first_success
 from axione_asgi.scope import QuotaHandle, key_of, quota_of, request_id_of
 from axione_asgi.streaming import ClientGone, StreamCut, unless_disconnected
+from axione_asgi.transports import UpstreamStream
 
 __all__ = ["Batch", "Exchange", "Pipeline", "StreamWriter"]
 
@@ -504,6 +506,24 @@ class _StreamClock:
 def _cut_by_length() -> ChatCompletionChunk:
     """The chunk that ends a stream cut at its cap (a new one: writers stamp theirs)."""
     return ChatCompletionChunk(choices=[ChunkChoice(delta=Delta(), finish_reason="length")])
+
+
+async def open_passed_through(
+    opening: AbstractAsyncContextManager[UpstreamStream],
+) -> tuple[AsyncExitStack, UpstreamStream]:
+    """A pass-through stream, opened (its status known good), and the stack that closes it.
+
+    The stream outlives the call that opens it (a retry or fallback decides on
+    its status; the client reads it later), so its context stays open in the
+    returned stack, which the event loop that relays it closes.
+    """
+    stack = AsyncExitStack()
+    try:
+        upstream = await stack.enter_async_context(opening)
+    except BaseException:
+        await stack.aclose()
+        raise
+    return stack, upstream
 
 
 def provider_kind(provider: Provider) -> str:

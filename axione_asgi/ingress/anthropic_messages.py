@@ -27,7 +27,7 @@ from axione_asgi.config import AxioneConfig
 from axione_asgi.errors import AxioneError, ErrorEnvelope, InvalidRequest, UpstreamError
 from axione_asgi.exchange.estimate import estimate_json_tokens
 from axione_asgi.exchange.parsing import read_body
-from axione_asgi.exchange.pipeline import Exchange, Pipeline
+from axione_asgi.exchange.pipeline import Exchange, Pipeline, open_passed_through
 from axione_asgi.ingress.anthropic_format import (
     ANTHROPIC_ENVELOPE,
     DIALECT,
@@ -252,17 +252,9 @@ class AnthropicMessagesIngress:
             provider = _native(target)
             if provider is None:
                 return await pipeline.first_batch(call.chat(), target)
-            stack = AsyncExitStack()
-            try:
-                upstream = await stack.enter_async_context(
-                    provider.forward_stream(
-                        DIALECT, "messages", call.body, target.model, call.forward
-                    )
-                )
-            except BaseException:
-                await stack.aclose()
-                raise
-            return stack, upstream
+            return await open_passed_through(
+                provider.forward_stream(DIALECT, "messages", call.body, target.model, call.forward)
+            )
 
         first, rest = await pipeline.first_success(exchange, open_one)
         model = call.model_for(exchange.route)

@@ -33,7 +33,7 @@ from axione_asgi.errors import (
 )
 from axione_asgi.exchange.estimate import estimate_json_tokens
 from axione_asgi.exchange.parsing import read_body
-from axione_asgi.exchange.pipeline import Exchange, Pipeline
+from axione_asgi.exchange.pipeline import Exchange, Pipeline, open_passed_through
 from axione_asgi.ingress.base import JSON, route
 from axione_asgi.ingress.responses_format import (
     DIALECT,
@@ -325,17 +325,9 @@ class OpenAIResponsesIngress:
             provider = _native(target)
             if provider is None:
                 return await pipeline.first_batch(call.chat(), target)
-            stack = AsyncExitStack()
-            try:
-                upstream = await stack.enter_async_context(
-                    provider.forward_stream(
-                        DIALECT, "responses", call.native_body(), target.model, {}
-                    )
-                )
-            except BaseException:
-                await stack.aclose()
-                raise
-            return stack, upstream
+            return await open_passed_through(
+                provider.forward_stream(DIALECT, "responses", call.native_body(), target.model, {})
+            )
 
         first, rest = await pipeline.first_success(exchange, open_one)
         model = call.model_for(exchange.route)
