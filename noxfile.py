@@ -15,8 +15,8 @@ PYTHON = "3.11"
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The test suite (needs Redis on 127.0.0.1:6379 for the shared-counter tests)."""
-    session.install("-e", ".[test,redis]")
+    """The test suite (needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432)."""
+    session.install("-e", ".[test,redis,postgres]")
     session.run("pytest", *(session.posargs or ["-q", "-p", "no:cacheprovider"]))
 
 
@@ -34,7 +34,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[redis,metrics,otel,fast]", "mypy", "types-cachetools")
+    session.install("-e", ".[redis,metrics,otel,fast,postgres]", "mypy", "types-cachetools")
     session.run("mypy", "--strict", "axione_asgi")
 
 

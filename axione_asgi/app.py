@@ -24,6 +24,7 @@ from axione_asgi.dashboard.routes import DASHBOARD_PATH, DashboardRoutes
 from axione_asgi.dispatch import ExactRoutes
 from axione_asgi.errors import ErrorEnvelope
 from axione_asgi.exchange.pipeline import Pipeline
+from axione_asgi.health import HEALTH_PATHS, HealthRoutes
 from axione_asgi.ingress.anthropic_messages import AnthropicMessagesIngress
 from axione_asgi.ingress.base import Ingress
 from axione_asgi.ingress.openai_chat import OpenAIChatIngress
@@ -61,8 +62,8 @@ RESPONSE_HEADERS = (
     "retry-after",
 )
 
-# Served without a key: the API's own description.
-PUBLIC_PATHS = ("/openapi.json",)
+# Served without a key: the API's own description, and the probes (SPEC section 10).
+PUBLIC_PATHS = ("/openapi.json", *HEALTH_PATHS)
 
 
 class Runtime:
@@ -82,6 +83,8 @@ class Runtime:
         self.cache = cache
         self.responses = responses
         self.started = False
+        # Set when the server begins to shut down: `/readyz` answers 503 from then on.
+        self.draining = False
         self._lock = anyio.Lock()
 
     async def start(self) -> None:
@@ -204,6 +207,7 @@ def create_app(
     extra: list[BaseRoute] = DashboardRoutes(
         quota.ledger, quota.clock, page=config.dashboard.enabled
     ).routes()
+    extra.extend(HealthRoutes(runtime).routes())
     if config.dashboard.enabled:
         public.append(DASHBOARD_PATH)
     if hub is not None and hub.metrics is not None:

@@ -12,6 +12,12 @@ from cachetools import TTLCache
 
 from axione_asgi.config import CacheConfig
 from axione_asgi.openai_types import ChatCompletionRequest
+from axione_asgi.quota.counters import (
+    CACHE_HEALTH,
+    COUNTER_ERRORS,
+    release_redis_pool,
+    shared_redis_pool,
+)
 
 __all__ = [
     "CACHE_HEADER",
@@ -65,24 +71,45 @@ class MemoryResponseCache:
 
 
 class RedisResponseCache:
-    """Entries in Redis, shared by every worker using the same counters server."""
+    """Entries in Redis, shared by every worker using the same counters server.
+
+    Its connections come from the process's shared pool for that server (the
+    counters'). A Redis that cannot answer makes a miss and stores nothing:
+    counted in `CACHE_HEALTH`, logged once per outage, never an error answer.
+    """
 
     def __init__(self, url: str, ttl_s: float, prefix: str = "axione:cache:") -> None:
         from redis.asyncio import Redis
 
-        self._redis: Any = Redis.from_url(url)
+        self._pool: Any = shared_redis_pool(url)
+        self._redis: Any = Redis(connection_pool=self._pool)
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._prefix = prefix
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._redis.get(self._prefix + key)
+        try:
+            value = await self._redis.get(self._prefix + key)
+        except COUNTER_ERRORS as exc:
+            CACHE_HEALTH.failed(exc, "reading a cached answer")
+            return None
+        CACHE_HEALTH.ok()
         return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes) -> None:
-        await self._redis.set(self._prefix + key, value, px=self._ttl_ms)
+        try:
+            await self._redis.set(self._prefix + key, value, px=self._ttl_ms)
+        except COUNTER_ERRORS as exc:
+            CACHE_HEALTH.failed(exc, "storing an answer")
+        else:
+            CACHE_HEALTH.ok()
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        pool, self._pool = self._pool, None
+        try:
+            await self._redis.aclose()
+        finally:
+            if pool is not None:
+                await release_redis_pool(pool)
 
 
 def cache_key(request: ChatCompletionRequest, scope: str) -> str:

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -200,15 +201,29 @@ class StorageConfig(_Strict):
     # left then goes to the side file `<ledger file>.spill.jsonl` (written back
     # at the next start). Keep it inside the process manager's grace period.
     ledger_flush_timeout_s: float = Field(default=10.0, gt=0)
+    # Redis (counters on `redis://`, and the response cache with them): one
+    # connection pool per process, shared by every Redis user. At most
+    # `redis_max_connections` connections; a request that finds none free
+    # waits up to `redis_pool_timeout_s` for one. `redis_socket_timeout_s`
+    # bounds connecting and each command. Past either, the store counts as down.
+    redis_max_connections: int = Field(default=64, ge=1)
+    redis_pool_timeout_s: float = Field(default=2.0, gt=0)
+    redis_socket_timeout_s: float = Field(default=2.0, gt=0)
+    # When the counters store cannot answer: "closed" refuses requests with 503
+    # `quota_unavailable` and `Retry-After`; "open" lets them through uncounted
+    # (counted at settlement if the store is back by then; the ledger has them
+    # all). Either way counted in the metrics and logged once per outage.
+    on_counter_failure: Literal["closed", "open"] = "closed"
 
     @field_validator("keys", "ledger", "responses")
     @classmethod
-    def _known_scheme(cls, value: str | None) -> str | None:
+    def _known_scheme(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Any scheme of the store registry (memory, sqlite, postgresql, one's own).
         if value is None:
             return None
-        if not (value.startswith("sqlite:///") or value == "memory://"):
-            raise ValueError("must be 'memory://' or 'sqlite:///PATH'")
-        return value
+        from axione_asgi.stores.registry import check_uri
+
+        return check_uri(str(info.field_name), value)
 
 
 class ResponsesConfig(_Strict):
@@ -295,6 +310,11 @@ class ServerConfig(_Strict):
     # Envoy's drain time and Kubernetes' default grace period); streams still
     # running are then cut with an error event, and the ledger is flushed.
     graceful_shutdown_s: int = Field(default=30, ge=0)
+    # On SIGTERM, first drain for this long: `/readyz` answers 503 so a load
+    # balancer takes the server out, while requests (new ones too) are still
+    # served; then the graceful shutdown above. 0: no drain. Behind a load
+    # balancer set it above the health check's interval times its fall count.
+    drain_s: float = Field(default=0.0, ge=0, le=600)
 
 
 class CacheConfig(_Strict):

@@ -17,6 +17,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ProviderUnavailable",
+    "QuotaUnavailable",
     "RateLimited",
     "RequestTooLarge",
     "UpstreamError",
@@ -154,6 +155,14 @@ class ProviderUnavailable(AxioneError):
     status = 503
     type = "upstream_error"
     default_code = "provider_unavailable"
+
+
+class QuotaUnavailable(AxioneError):
+    """503: the quota counters cannot be reached, so nothing is admitted; `Retry-After` set."""
+
+    status = 503
+    type = "api_error"
+    default_code = "quota_unavailable"
 
 
 class UpstreamTimeout(AxioneError):

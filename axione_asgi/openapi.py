@@ -379,6 +379,29 @@ def _json(ref: str, description: str) -> dict[str, Any]:
     }
 
 
+_LIVE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"status": {"const": "ok"}},
+    "required": ["status"],
+}
+_READY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"enum": ["ready", "not_ready", "draining"]},
+        "checks": {
+            "type": "object",
+            "description": "Per store: `ok`, `timeout`, or the type of the error it raised",
+            "additionalProperties": {"type": "string"},
+        },
+    },
+    "required": ["status"],
+}
+
+
+def _probe(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for the routes at the app's root (a host adds its mount path)."""
     common = _errors(401, 429, 500)
@@ -646,6 +669,29 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json("UsageHistory", "The key's last days"),
                         **_errors(400),
                         **common,
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "getHealthz",
+                    "description": "Liveness: 200 while the process answers, draining or "
+                    "not. Served without a key; not counted.",
+                    "security": [],
+                    "responses": {"200": _probe("Alive", _LIVE_SCHEMA)},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "getReadyz",
+                    "description": "Readiness: 200 when the key store, the usage ledger, "
+                    "the counters and the response store each answer a cheap read within "
+                    "1 s; 503 naming those that did not, or `draining` once the server "
+                    "has begun to shut down. Served without a key; not counted.",
+                    "security": [],
+                    "responses": {
+                        "200": _probe("Ready", _READY_SCHEMA),
+                        "503": _probe("Not ready, or draining", _READY_SCHEMA),
                     },
                 }
             },

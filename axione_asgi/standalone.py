@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from axione_asgi.app import AxioneApp, create_app
 from axione_asgi.config import AxioneConfig, ServerConfig
+from axione_asgi.health import DrainOnSigterm
 from axione_asgi.middleware.errors import ErrorFormatMiddleware
 from axione_asgi.observability.access_log import install_access_handler
 
@@ -92,7 +93,11 @@ def standalone_app() -> ASGIApp:
 
 
 def serving(app: ASGIApp, config: AxioneConfig) -> ASGIApp:
-    """`app` made ready to be served by this process: the access log and the GC."""
+    """`app` made ready to be served by this process: the access log, the drain, the GC."""
+    if config.server.drain_s > 0:
+        api = app.api if isinstance(app, PrefixedGateway) else app
+        if isinstance(api, AxioneApp):
+            app = DrainOnSigterm(app, api.runtime, config.server.drain_s)
     if config.access_log.enabled:
         install_access_handler()  # uvicorn sets up only its own loggers
     # What exists now (modules, models, config) lives as long as the process:

@@ -90,7 +90,7 @@ def test_prefix_is_normalised(given: str, expected: str) -> None:
 
 def test_config_error_is_one_line_naming_file_key_and_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        load(tmp_path, '[storage]\nkeys = "postgres://x"\n')
+        load(tmp_path, '[storage]\nkeys = "mongodb://x"\n')
     message = str(info.value)
     assert "\n" not in message
     assert str(tmp_path / "axione.toml") in message

@@ -1,7 +1,8 @@
-"""Key stores: the KeyStore contract for memory and SQLite; SQLite keeps only hashes."""
+"""Key stores: the KeyStore contract for memory, SQLite and PostgreSQL; SQLite keeps only hashes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,17 +12,25 @@ import pytest
 from axione_asgi.config import StaticKey
 from axione_asgi.keys import KeyStore, hash_key
 from axione_asgi.stores import LayeredKeyStore, MemoryKeyStore, SQLiteKeyStore, open_key_store
+from tests.postgres_db import fresh_schema
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
-    s: KeyStore = (
-        MemoryKeyStore() if request.param == "memory" else SQLiteKeyStore(str(tmp_path / "k.db"))
-    )
-    yield s
-    await s.close()
+    # Every built-in scheme of the store registry, each opened from its URI.
+    with contextlib.ExitStack() as stack:
+        uri = {
+            "memory": "memory://",
+            "sqlite": f"sqlite:///{tmp_path / 'k.db'}",
+            "postgresql": "",
+        }[request.param]
+        if request.param == "postgresql":
+            uri = stack.enter_context(fresh_schema())
+        s = open_key_store(uri)
+        yield s
+        await s.close()
 
 
 async def test_created_key_is_found_by_its_hash(store: KeyStore) -> None:

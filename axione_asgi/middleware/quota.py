@@ -10,7 +10,7 @@ import anyio
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from axione_asgi.errors import AxioneError
+from axione_asgi.errors import AxioneError, QuotaUnavailable
 from axione_asgi.keys import KeyRecord
 from axione_asgi.middleware.errors import envelope_of, send_error
 from axione_asgi.quota.days import format_duration
@@ -212,8 +212,20 @@ class TierQuotaMiddleware:
                         headers = ratelimit_headers(exc.snapshot, now)
                         await send_error(send, exc, headers, scope=scope)
                         return
-                snapshot = handle.snapshot or await service.snapshot(key, tier=handle.tier, now=now)
-                headers = [*message.get("headers", ()), *ratelimit_headers(snapshot, now)]
+                    except QuotaUnavailable as exc:
+                        refused = started = completed = True
+                        status = exc.status
+                        await send_error(send, exc, scope=scope)
+                        return
+                snapshot = handle.snapshot
+                if snapshot is None:
+                    try:
+                        snapshot = await service.snapshot(key, tier=handle.tier, now=now)
+                    except QuotaUnavailable:
+                        snapshot = None  # the counters store is down: no x-ratelimit-* headers
+                headers = list(message.get("headers", ()))
+                if snapshot is not None:
+                    headers += ratelimit_headers(snapshot, now)
                 message = {**message, "headers": headers}
                 started = True
             elif message["type"] == "http.response.body" and not message.get("more_body", False):

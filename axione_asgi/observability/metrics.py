@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from axione_asgi.quota.counters import CACHE_HEALTH, COUNTER_HEALTH, StoreHealth
 from axione_asgi.quota.ledger import LEDGER_HEALTH, LedgerHealth
 from axione_asgi.scope import exempt_from_quota
 
@@ -64,6 +65,7 @@ class PrometheusMetrics:
             registry=self.registry,
         )
         self.registry.register(LedgerCollector(LEDGER_HEALTH))
+        self.registry.register(StoreCollector(COUNTER_HEALTH, CACHE_HEALTH))
 
     def observe_request(
         self,
@@ -134,4 +136,52 @@ class LedgerCollector(Collector):
             "axione_ledger_records_pending",
             "Usage records waiting to be written (queued, or kept after a failed write).",
             h.pending(),
+        )
+
+
+class StoreCollector(Collector):
+    """The quota counters' and the response cache's stores (Redis), from their `StoreHealth`."""
+
+    def __init__(self, counters: StoreHealth, cache: StoreHealth) -> None:
+        self.counters = counters
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        c, k = self.counters, self.cache
+        failures = CounterMetricFamily(
+            "axione_store_failures",
+            "Failed operations on the counters or cache store (unreachable, timed out, "
+            "no free pooled connection), by store.",
+            labels=["store"],
+        )
+        outages = CounterMetricFamily(
+            "axione_store_outages",
+            "Times a store stopped answering (each logged once, with its recovery).",
+            labels=["store"],
+        )
+        up = GaugeMetricFamily(
+            "axione_store_up", "1 while the store answers, 0 during an outage.", labels=["store"]
+        )
+        for name, h in (("counters", c), ("cache", k)):
+            failures.add_metric([name], h.failures)
+            outages.add_metric([name], h.outages)
+            up.add_metric([name], 0 if h.down else 1)
+        yield failures
+        yield outages
+        yield up
+        yield CounterMetricFamily(
+            "axione_quota_unavailable",
+            "Requests refused with 503 quota_unavailable: counters store down, "
+            'on_counter_failure = "closed".',
+            c.refused,
+        )
+        yield CounterMetricFamily(
+            "axione_quota_uncounted_admissions",
+            'Requests admitted uncounted: counters store down, on_counter_failure = "open".',
+            c.uncounted,
+        )
+        yield CounterMetricFamily(
+            "axione_quota_settle_failures",
+            "Settlements the counters store could not take (the ledger has the record).",
+            c.settle_failures,
         )

@@ -6,33 +6,170 @@ Counters are keyed by key id and UTC day, so a day's counters start at zero at
 admission there is an atomic increment, then a check, then a refund on
 refusal, so no worker ever admits request number limit+1. On Redis the same
 decision is one Lua script, one round trip and atomic as a whole.
+
+Redis connections come from one `BlockingConnectionPool` per process and
+server URL (`shared_redis_pool`), shared with the response cache and sized by
+`[storage] redis_max_connections`: a request waits up to
+`redis_pool_timeout_s` for a free connection rather than failing. Whatever
+the store raises is one of `COUNTER_ERRORS`; `COUNTER_HEALTH` counts failures
+and outages (logged once each) for the metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import importlib.util
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from axione_asgi.quota.tiers import DayUse
 
+if TYPE_CHECKING:
+    from axione_asgi.config import StorageConfig
+
 __all__ = [
+    "CACHE_HEALTH",
+    "COUNTER_ERRORS",
     "COUNTER_EXPIRY_S",
+    "COUNTER_HEALTH",
     "CounterResult",
     "DailyCounters",
     "RedisDailyCounters",
+    "StoreHealth",
     "Verdict",
     "open_counters",
+    "release_redis_pool",
+    "shared_redis_pool",
 ]
+
+logger = logging.getLogger("axione")
 
 # Long enough that yesterday's counters are still there when the rollover
 # looks at them, short enough that a store never fills up with old days.
 COUNTER_EXPIRY_S = 3 * 86_400
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [StorageError, OSError, TimeoutError, asyncio.TimeoutError]
+    if importlib.util.find_spec("redis") is not None:
+        from redis.exceptions import RedisError
+
+        errors.append(RedisError)
+    return tuple(errors)
+
+
+# What a counters (or cache) store raises when it cannot answer: connection
+# refused or lost, a timeout, no free pooled connection in time, Redis still
+# loading its data set, a read-only replica, ... Callers map these to SPEC
+# errors (503 `quota_unavailable`) or let the request through.
+COUNTER_ERRORS: tuple[type[BaseException], ...] = _store_errors()
+
+
+@dataclass(slots=True)
+class StoreHealth:
+    """Failures of one kind of store in this process, read by the metrics at scrape time.
+
+    An outage is logged twice: at its first failure and when the store
+    answers again, never once per request.
+    """
+
+    name: str
+    failures: int = 0
+    outages: int = 0
+    refused: int = 0
+    uncounted: int = 0
+    settle_failures: int = 0
+    down: bool = False
+    _last_error: str = field(default="", repr=False)
+
+    def failed(self, exc: BaseException, what: str) -> None:
+        """Count one failed operation; log it when it opens an outage."""
+        self.failures += 1
+        if not self.down:
+            self.down = True
+            self.outages += 1
+            self._last_error = type(exc).__name__
+            logger.error(
+                "%s unreachable (%s: %s, while %s); logged once until it answers again",
+                self.name,
+                type(exc).__name__,
+                exc,
+                what,
+            )
+
+    def ok(self) -> None:
+        """The store answered: close the outage, if one was open."""
+        if self.down:
+            self.down = False
+            logger.warning("%s reachable again (after %s)", self.name, self._last_error)
+
+
+COUNTER_HEALTH = StoreHealth("quota counters store")
+CACHE_HEALTH = StoreHealth("response cache store")
+
+
+@dataclass(slots=True)
+class _SharedPool:
+    pool: Any
+    users: int = 0
+
+
+# One pool per Redis URL in this process, shared by every user of that server.
+_POOLS: dict[str, _SharedPool] = {}
+
+
+def _redis_url(uri: str) -> str:
+    return uri.removeprefix("async+")
+
+
+def shared_redis_pool(
+    uri: str,
+    *,
+    max_connections: int = 64,
+    timeout_s: float = 2.0,
+    socket_timeout_s: float = 2.0,
+) -> Any:
+    """The process's `redis.asyncio.BlockingConnectionPool` for `uri` (one more user).
+
+    The first user's sizes stand; a user waits up to `timeout_s` for a free
+    connection (then redis-py raises `ConnectionError`, one of
+    `COUNTER_ERRORS`). Each user gives it back with `release_redis_pool`;
+    the last one disconnects it.
+    """
+    from redis.asyncio import BlockingConnectionPool
+
+    url = _redis_url(uri)
+    shared = _POOLS.get(url)
+    if shared is None:
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+        )
+        shared = _POOLS[url] = _SharedPool(pool)
+    shared.users += 1
+    return shared.pool
+
+
+async def release_redis_pool(pool: Any) -> None:
+    """One user of a shared pool is done; the last one disconnects and forgets it."""
+    for url, shared in list(_POOLS.items()):
+        if shared.pool is pool:
+            shared.users -= 1
+            if shared.users > 0:
+                return
+            del _POOLS[url]
+            break
+    await pool.disconnect()
 
 
 class Verdict(enum.Enum):
@@ -196,8 +333,11 @@ _VERDICTS = (Verdict.ADMITTED, Verdict.REQUESTS_SPENT, Verdict.TOKENS_SPENT)
 class RedisDailyCounters(DailyCounters):
     """The same counters on `limits`' Redis storage, admission in one round trip."""
 
-    def __init__(self, storage: RedisStorage, *, expiry_s: int = COUNTER_EXPIRY_S) -> None:
+    def __init__(
+        self, storage: RedisStorage, *, expiry_s: int = COUNTER_EXPIRY_S, pool: Any = None
+    ) -> None:
         super().__init__(storage, expiry_s=expiry_s)
+        self._pool = pool
         bridge: Any = storage.bridge
         self._bridge = bridge
         self._client: Any = bridge.get_connection()
@@ -231,25 +371,42 @@ class RedisDailyCounters(DailyCounters):
         return DayUse(int(requests or 0), int(tokens or 0))
 
     async def close(self) -> None:
-        await self._client.aclose()
+        pool, self._pool = self._pool, None
+        try:
+            await self._client.aclose()
+        finally:
+            if pool is not None:
+                await release_redis_pool(pool)
 
 
-def open_counters(uri: str) -> DailyCounters:
+def open_counters(uri: str, config: StorageConfig | None = None) -> DailyCounters:
     """Counters on the `limits` storage a `storage.counters` URI names.
 
     `memory://` (one process), `redis://host:6379/N` (shared by workers and
     hosts; needs the `axione-asgi[redis]` extra), or any other `limits` URI.
+    A plain `redis://` or `rediss://` server is reached through the process's
+    shared pool (`shared_redis_pool`), sized from `config`.
     """
     bare = uri.removeprefix("async+")
     options: dict[str, Any] = {}
     # `limits` defaults to coredis for Redis; the `redis` extra installs redis-py.
     redispy = bare.startswith("redis") and importlib.util.find_spec("redis") is not None
+    pool: Any = None
     if redispy:
         options["implementation"] = "redispy"
+        if bare.startswith(("redis://", "rediss://")):
+            sizes: dict[str, Any] = {}
+            if config is not None:
+                sizes = {
+                    "max_connections": config.redis_max_connections,
+                    "timeout_s": config.redis_pool_timeout_s,
+                    "socket_timeout_s": config.redis_socket_timeout_s,
+                }
+            pool = options["connection_pool"] = shared_redis_pool(bare, **sizes)
     storage = storage_from_string(f"async+{bare}", **options)
     if not isinstance(storage, Storage):
         raise ValueError(f"counters storage {uri!r} has no async variant in `limits`")
     # Only the plain Redis storage: a cluster or sentinel keeps the generic path.
     if redispy and type(storage) is RedisStorage:
-        return RedisDailyCounters(storage)
+        return RedisDailyCounters(storage, pool=pool)
     return DailyCounters(storage)

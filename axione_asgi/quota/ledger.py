@@ -40,13 +40,14 @@ except ImportError:  # Windows: spill files are not locked across processes ther
 import anyio.to_thread
 
 from axione_asgi.quota.days import utc_day
-from axione_asgi.stores.sqlite import connect, sqlite_path
+from axione_asgi.stores.sqlite import connect
 
 __all__ = [
     "LEDGER_HEALTH",
     "Ledger",
     "LedgerHealth",
     "LedgerTotals",
+    "LedgerUnavailable",
     "LedgerWriter",
     "MemoryLedger",
     "SQLiteLedger",
@@ -355,12 +356,23 @@ def _where(key_id: str | None, day: date | None) -> tuple[str, list[str]]:
 
 
 def open_ledger(uri: str) -> Ledger:
-    """The ledger a `storage.ledger` URI names: `memory://` or `sqlite:///PATH`."""
-    if uri == "memory://":
-        return MemoryLedger()
-    if uri.startswith("sqlite:///"):
-        return SQLiteLedger(sqlite_path(uri))
-    raise ValueError(f"unknown ledger storage {uri!r}: use 'memory://' or 'sqlite:///PATH'")
+    """The ledger a `storage.ledger` URI names, by its scheme in the store registry.
+
+    Built in: `memory://`, `sqlite:///PATH`, `postgresql://...` (the `postgres` extra).
+    """
+    from axione_asgi.stores.registry import open_ledger_store
+
+    return open_ledger_store(uri)
+
+
+class LedgerUnavailable(sqlite3.OperationalError):
+    """Raised by a ledger that cannot be reached (a database down, a pool exhausted).
+
+    `LedgerWriter` keeps the batch whole and retries it later, as for a locked
+    SQLite file, rather than trying its records one by one. A ledger of one's
+    own raises it too; an error that is a record's own (one it can never
+    store) is best raised as a ValueError, so the writer sets that record aside.
+    """
 
 
 # -- the side file: records the ledger could not take yet ---------------------------

@@ -11,9 +11,15 @@ import anyio
 from cachetools import LRUCache
 
 from axione_asgi.config import AxioneConfig, TierLimits
-from axione_asgi.errors import RateLimited
+from axione_asgi.errors import QuotaUnavailable, RateLimited
 from axione_asgi.keys import KeyRecord, KeyStore
-from axione_asgi.quota.counters import DailyCounters, Verdict, open_counters
+from axione_asgi.quota.counters import (
+    COUNTER_ERRORS,
+    COUNTER_HEALTH,
+    DailyCounters,
+    Verdict,
+    open_counters,
+)
 from axione_asgi.quota.days import Clock, next_midnight, seconds_until, utc_day, utc_now
 from axione_asgi.quota.ledger import Ledger, LedgerWriter, UsageRecord, open_ledger
 from axione_asgi.quota.tiers import DayUse, TierTable
@@ -24,6 +30,8 @@ logger = logging.getLogger("axione")
 
 # How long a worker that lost a key's rollover claim waits for the winner's decision.
 _DECISION_WAIT_S = 1.0
+# `Retry-After` of a 503 `quota_unavailable`: the counters store may be back soon.
+_UNAVAILABLE_RETRY_S = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +73,9 @@ class Admission:
     admitted_at: datetime
     snapshot: Snapshot
     reserved: int
+    # False when admitted while the counters store was down
+    # (`on_counter_failure = "open"`): settlement counts it then, if it can.
+    counted: bool = True
 
     @property
     def day(self) -> date:
@@ -130,7 +141,7 @@ class QuotaService:
         # dashboard) goes through this one: a naive moment is UTC (`quota.days`).
         self.clock = _utc_clock(clock) if clock is not None else utc_now
         self.tiers = TierTable(config.tier_table(), config.tier_policy)
-        self.counters = counters or open_counters(config.storage.counters)
+        self.counters = counters or open_counters(config.storage.counters, config.storage)
         self.ledger = ledger or open_ledger(config.storage.ledger)
         self.writer = LedgerWriter(
             self.ledger, flush_timeout_s=config.storage.ledger_flush_timeout_s
@@ -223,7 +234,12 @@ class QuotaService:
             return tier
         day = utc_day(now or self.clock())
         if state is None or state.checked != day:
-            await self._rollover(key, day)
+            try:
+                await self._rollover(key, day)
+            except COUNTER_ERRORS as exc:
+                # Looked at again on the key's next request; admission decides this one.
+                COUNTER_HEALTH.failed(exc, "checking a day rollover")
+                return tier
             tier = self._effective(key, self._keys.get(key.id))
         return tier
 
@@ -310,14 +326,28 @@ class QuotaService:
             tier = await self.tier_of(key, now)
         day = utc_day(now)
         limits = self.tiers.limits_for(tier)
-        result = await self.counters.admit(
-            key.id,
-            day,
-            request_limit=limits.requests_per_day,
-            token_limit=limits.tokens_per_day,
-            reserve=max(0, reserve_tokens),
-            minimum=min(max(0, minimum_tokens), max(0, reserve_tokens)),
-        )
+        try:
+            result = await self.counters.admit(
+                key.id,
+                day,
+                request_limit=limits.requests_per_day,
+                token_limit=limits.tokens_per_day,
+                reserve=max(0, reserve_tokens),
+                minimum=min(max(0, minimum_tokens), max(0, reserve_tokens)),
+            )
+        except COUNTER_ERRORS as exc:
+            COUNTER_HEALTH.failed(exc, "admitting a request")
+            if self.config.storage.on_counter_failure == "open":
+                COUNTER_HEALTH.uncounted += 1
+                snap = Snapshot(tier, limits, day, 0, 0)
+                return Admission(key.id, now, snap, max(0, reserve_tokens), counted=False)
+            COUNTER_HEALTH.refused += 1
+            raise QuotaUnavailable(
+                "The quota counters cannot be reached, so the request was not admitted; "
+                f"try again in {_UNAVAILABLE_RETRY_S} seconds.",
+                headers={"retry-after": str(_UNAVAILABLE_RETRY_S)},
+            ) from None
+        COUNTER_HEALTH.ok()
         snapshot = Snapshot(tier, limits, day, result.requests, result.tokens)
         if result.verdict is Verdict.ADMITTED:
             return Admission(key.id, now, snapshot, result.reserved)
@@ -361,11 +391,11 @@ class QuotaService:
         completion_tokens = max(0, completion_tokens)
         delta = prompt_tokens + completion_tokens - admission.reserved
         try:
-            if delta:
+            if delta or not admission.counted:
                 # Shielded: this runs as a request ends, often because its
                 # client went away and cancelled it; the count must still move.
                 with anyio.CancelScope(shield=True):
-                    await self.counters.settle(admission.key_id, admission.day, delta)
+                    await self._settle_counters(admission, prompt_tokens + completion_tokens, delta)
         finally:
             self.writer.submit(
                 UsageRecord(
@@ -386,15 +416,37 @@ class QuotaService:
                 )
             )
 
+    async def _settle_counters(self, admission: Admission, tokens: int, delta: int) -> None:
+        # Never raises: the answer is out, and the ledger record is what counts.
+        try:
+            if admission.counted:
+                await self.counters.settle(admission.key_id, admission.day, delta)
+            else:
+                # Admitted uncounted while the store was down: counted now if it is back.
+                await self.counters.seed(admission.key_id, admission.day, 1, tokens)
+        except COUNTER_ERRORS as exc:
+            COUNTER_HEALTH.settle_failures += 1
+            COUNTER_HEALTH.failed(exc, "settling a request's tokens")
+        else:
+            COUNTER_HEALTH.ok()
+
     async def snapshot(
         self, key: KeyRecord, *, tier: int | None = None, now: datetime | None = None
     ) -> Snapshot:
-        """The key's day without counting anything."""
+        """The key's day without counting anything; `QuotaUnavailable` when the store is down."""
         now = now or self.clock()
         if tier is None:
             tier = await self.tier_of(key, now)
         day = utc_day(now)
-        use = await self.counters.read(key.id, day)
+        try:
+            use = await self.counters.read(key.id, day)
+        except COUNTER_ERRORS as exc:
+            COUNTER_HEALTH.failed(exc, "reading a key's counters")
+            raise QuotaUnavailable(
+                "The quota counters cannot be reached; "
+                f"try again in {_UNAVAILABLE_RETRY_S} seconds.",
+                headers={"retry-after": str(_UNAVAILABLE_RETRY_S)},
+            ) from None
         return Snapshot(tier, self.tiers.limits_for(tier), day, use.requests, use.tokens)
 
     async def usage(self, key: KeyRecord) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 One record per stored response: the response object as the client saw it,
 the input items it was answered from (the whole conversation up to it,
 earlier turns included), whether a native upstream holds the state too, and
-when it expires. Chosen by URI, as the other stores: `memory://` or
-`sqlite:///PATH` (by default the ledger's file).
+when it expires. Chosen by URI scheme, as the other stores: `memory://`,
+`sqlite:///PATH` (by default the ledger's file) or `postgresql://...`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import anyio.to_thread
 
-from axione_asgi.stores.sqlite import connect, sqlite_path
+from axione_asgi.stores.sqlite import connect
 
 __all__ = [
     "MemoryResponseStore",
@@ -184,7 +184,7 @@ class SQLiteResponseStore:
 
 
 def open_response_store(uri: str) -> ResponseStore:
-    """The store a URI names: `memory://` or `sqlite:///PATH`."""
-    if uri == "memory://":
-        return MemoryResponseStore()
-    return SQLiteResponseStore(sqlite_path(uri))
+    """The store a URI names, by its scheme in the store registry."""
+    from axione_asgi.stores.registry import open_responses
+
+    return open_responses(uri)
