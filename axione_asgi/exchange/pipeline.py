@@ -277,6 +277,19 @@ class Pipeline:
         key = key_of(exchange.scope)
         return self.cache.key_for(request, headers, key.id if key else None, variant=variant)
 
+    def cache_key_of(
+        self,
+        exchange: Exchange,
+        chat: Callable[[], ChatCompletionRequest],
+        headers: Mapping[str, str],
+        variant: str,
+        cacheable: bool,
+    ) -> str | None:
+        """`cache_key` for another dialect's request, its hub form made only when needed."""
+        if not cacheable or self.cache is None:
+            return None
+        return self.cache_key(exchange, chat(), headers, variant=variant)
+
     async def cached(self, exchange: Exchange, cache_key: str | None) -> bytes | None:
         """A cached answer body; a hit is admitted as one request and no tokens."""
         if cache_key is None or self.cache is None:

@@ -240,16 +240,12 @@ class OpenAIResponsesIngress:
         estimate = estimate_json_tokens(data.get("instructions"), items, data.get("tools"))
         exchange = pipeline.open(request.scope, request.receive, [data["model"]], estimate)
         call = _Call(data, items, previous, exchange)
-        cache_key = None
-        if (
-            not data.get("stream")
-            and pipeline.cache is not None
-            and _native(exchange.primary) is None
-        ):
-            cache_key = pipeline.cache_key(exchange, call.chat(), request.headers, variant=DIALECT)
-            cached = await pipeline.cached(exchange, cache_key)
-            if cached is not None:
-                return Response(cached, media_type=JSON, headers={CACHE_HEADER: "hit"})
+        # Translated answers only: a pass-through one is the upstream's to cache.
+        translated = not data.get("stream") and _native(exchange.primary) is None
+        cache_key = pipeline.cache_key_of(exchange, call.chat, request.headers, DIALECT, translated)
+        cached = await pipeline.cached(exchange, cache_key)
+        if cached is not None:
+            return Response(cached, media_type=JSON, headers={CACHE_HEADER: "hit"})
         cap = await exchange.admit(data.get("max_output_tokens"))
         if cap is not None:
             # What is left of the day: the upstream may write no more than that.

@@ -200,6 +200,26 @@ _INSERT = (
 )
 
 
+def record_of_row(time: datetime, row: Sequence[Any]) -> UsageRecord:
+    """A record from a `SELECT` of the ledger's columns in their order (its time parsed)."""
+    return UsageRecord(
+        time=time,
+        key_id=row[1],
+        model=row[2],
+        provider=row[3],
+        prompt_tokens=row[4],
+        completion_tokens=row[5],
+        estimated=bool(row[6]),
+        status=row[7],
+        latency_ms=row[8],
+        request_id=row[9],
+        cache_hit=bool(row[10]),
+        dialect=row[11],
+        session_id=row[12],
+        attempts=row[13],
+    )
+
+
 def _row(r: UsageRecord) -> tuple[object, ...]:
     return (
         r.time.isoformat(),
@@ -302,25 +322,7 @@ class SQLiteLedger:
                 .execute(f"SELECT {_COLUMNS} FROM usage_ledger{where} ORDER BY id", args)
                 .fetchall()
             )
-        return [
-            UsageRecord(
-                time=datetime.fromisoformat(row[0]),
-                key_id=row[1],
-                model=row[2],
-                provider=row[3],
-                prompt_tokens=row[4],
-                completion_tokens=row[5],
-                estimated=bool(row[6]),
-                status=row[7],
-                latency_ms=row[8],
-                request_id=row[9],
-                cache_hit=bool(row[10]),
-                dialect=row[11],
-                session_id=row[12],
-                attempts=row[13],
-            )
-            for row in rows
-        ]
+        return [record_of_row(datetime.fromisoformat(row[0]), row) for row in rows]
 
     def totals(self, *, day: date, key_id: str | None = None) -> dict[str, LedgerTotals]:
         where, args = _where(key_id, day)

@@ -37,7 +37,12 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from axione_asgi.keys import KeyRecord, new_key
-from axione_asgi.quota.ledger import LedgerTotals, LedgerUnavailable, UsageRecord
+from axione_asgi.quota.ledger import (
+    LedgerTotals,
+    LedgerUnavailable,
+    UsageRecord,
+    record_of_row,
+)
 from axione_asgi.stores.responses import StoredResponse
 
 __all__ = [
@@ -395,25 +400,7 @@ class PostgresLedger:
                 f"SELECT {_LEDGER_COLUMNS} FROM usage_ledger{where} ORDER BY id", args
             ).fetchall()
         )
-        return [
-            UsageRecord(
-                time=row[0].astimezone(UTC),
-                key_id=row[1],
-                model=row[2],
-                provider=row[3],
-                prompt_tokens=row[4],
-                completion_tokens=row[5],
-                estimated=bool(row[6]),
-                status=row[7],
-                latency_ms=row[8],
-                request_id=row[9],
-                cache_hit=bool(row[10]),
-                dialect=row[11],
-                session_id=row[12],
-                attempts=row[13],
-            )
-            for row in rows
-        ]
+        return [record_of_row(row[0].astimezone(UTC), row) for row in rows]
 
     def totals(self, *, day: date, key_id: str | None = None) -> dict[str, LedgerTotals]:
         where, args = _where(key_id, day)
