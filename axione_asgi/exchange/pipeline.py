@@ -424,19 +424,26 @@ class Pipeline:
                     # Past the cap it was sent: this upstream would not stop.
                     yield writer.feed([_cut_by_length()])
                     break
+                # The clock's wait, written in place: a coroutine per batch showed.
+                clock.begin()
                 try:
-                    batch = await clock.wait(next_batch)
+                    batch = await next_batch()
                 except StopAsyncIteration:
                     batch = None
-                except _Expired as expired:
+                except asyncio.CancelledError:
+                    whole = clock.expired_now()
+                    if whole is None:
+                        raise  # a shutdown or the client: not the clock
                     raise UpstreamTimeout(
                         f"Provider '{exchange.route.provider_name}' "
                         + (
                             f"streamed for more than {total_s:g} seconds"
-                            if expired.whole
+                            if whole
                             else f"sent nothing for {idle_s:g} seconds"
                         )
                     ) from None
+                finally:
+                    clock.waiting = False
             yield writer.finish()
         except AxioneError as exc:
             yield writer.error(exc)
@@ -453,13 +460,6 @@ class Pipeline:
             clock.stop()
             exchange.report_usage(usage, chars_out)
             await _close(batches)
-
-
-class _Expired(Exception):
-    """A stream's wait ran out: its idle gap, or (`whole`) its whole time."""
-
-    def __init__(self, whole: bool) -> None:
-        self.whole = whole
 
 
 class _StreamClock:
@@ -494,21 +494,21 @@ class _StreamClock:
             return
         self.handle = self.loop.call_at(max(due, now + 0.001), self._check)
 
-    async def wait(self, next_batch: Callable[[], Awaitable[T]]) -> T:
+    def begin(self) -> None:
+        """A wait starts (the stream's whole time already spent cancels it at once)."""
         now = self.loop.time()
-        if now >= self.ends_at:
-            raise _Expired(True)
         self.since = now
         self.waiting = True
-        try:
-            return await next_batch()
-        except asyncio.CancelledError:
-            # Ours only when nothing else cancelled the task too (a shutdown, the client).
-            if self.expired is not None and self.task is not None and self.task.uncancel() == 0:
-                raise _Expired(self.expired) from None
-            raise
-        finally:
-            self.waiting = False
+        if now >= self.ends_at and self.task is not None and self.expired is None:
+            self.expired = True
+            self.task.cancel()
+
+    def expired_now(self) -> bool | None:
+        """In an `except CancelledError`: True (whole time) or False (an idle gap) when this
+        clock (only) cancelled the task, else None (a shutdown, the client)."""
+        if self.expired is not None and self.task is not None and self.task.uncancel() == 0:
+            return self.expired
+        return None
 
     def stop(self) -> None:
         if self.handle is not None:

@@ -31,19 +31,20 @@ _LATE_REPORT_WAIT_S = 0.25
 _CLIENT_GONE = 499
 
 
-# The headers that name a client's session: Claude Code's, then Codex's.
-_SESSION_HEADERS = (b"x-claude-code-session-id", b"session-id")
-
-
 def _session_id(scope: Scope) -> str | None:
-    """The client's session id, kept in the ledger so an operator can sum a session."""
-    found: dict[bytes, bytes] = {
-        name: value for name, value in scope["headers"] if name in _SESSION_HEADERS
-    }
-    for name in _SESSION_HEADERS:
-        if name in found:
-            return found[name].decode("latin-1")[:128] or None
-    return None
+    """The client's session id, kept in the ledger so an operator can sum a session.
+
+    Claude Code's `X-Claude-Code-Session-Id` first, else Codex's `session-id`.
+    """
+    codex: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"x-claude-code-session-id":
+            return value.decode("latin-1")[:128] or None
+        if name == b"session-id":
+            codex = value
+    if codex is None:
+        return None
+    return codex.decode("latin-1")[:128] or None
 
 
 def ratelimit_headers(snapshot: Snapshot, now: datetime) -> list[tuple[bytes, bytes]]:

@@ -227,6 +227,10 @@ class _TappedHandle:
         self._obs.model, self._obs.provider = model, provider
         self._inner.answered_by(model=model, provider=provider)
 
+    def attempted(self, count: int) -> None:
+        # Written out: `__getattr__` below is the slow path, and this runs per request.
+        self._inner.attempted(count)
+
     def exempt(self) -> None:
         self._inner.exempt()
 
