@@ -116,7 +116,8 @@ class SSEDecoder:
             if tail:
                 pieces.append(tail)
                 self._line_bytes += len(tail)
-                self._check()
+                if self.max_event_bytes and self.pending_bytes > self.max_event_bytes:
+                    raise EventTooLarge(self.max_event_bytes)
             return []
         if pieces:
             pieces.append(lines[0])
@@ -130,7 +131,8 @@ class SSEDecoder:
         for line in lines:
             if not line:
                 if data:
-                    self._check()
+                    if self.max_event_bytes and self._data_bytes > self.max_event_bytes:
+                        raise EventTooLarge(self.max_event_bytes)
                     events.append(SSEEvent(self._event, "\n".join(data), self._id))
                     data = self._data = []
                     self._data_bytes = 0
@@ -149,12 +151,10 @@ class SSEDecoder:
                 self._event = value or "message"
             elif name == b"id":
                 self._id = value
-        self._check()
+        limit = self.max_event_bytes
+        if limit and self._data_bytes + self._line_bytes > limit:
+            raise EventTooLarge(limit)
         return events
-
-    def _check(self) -> None:
-        if self.max_event_bytes and self.pending_bytes > self.max_event_bytes:
-            raise EventTooLarge(self.max_event_bytes)
 
     def close(self) -> list[SSEEvent]:
         """The event left open when the stream ended (some servers omit the last blank line)."""

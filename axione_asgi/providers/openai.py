@@ -109,7 +109,10 @@ class OpenAIProvider(HTTPProvider):
                             yield chunks  # what came before the bad chunk still counts
                         raise
                     chunks.append(chunk)
-                    finished = finished or any(c.finish_reason for c in chunk.choices)
+                    if not finished:
+                        for choice in chunk.choices:
+                            if choice.finish_reason:
+                                finished = True
                 if chunks:
                     yield chunks
                 if done:
