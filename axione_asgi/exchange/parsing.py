@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
 from axione_asgi.errors import InvalidRequest, RequestTooLarge
 
-__all__ = ["parse_body", "read_body", "validation_error"]
+__all__ = ["parse_body", "parse_json_request", "read_body", "validation_error"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -59,6 +60,26 @@ def validation_error(exc: ValidationError) -> InvalidRequest:
     code = "missing_field" if best["type"] == "missing" else "invalid_value"
     where = f"'{param}'" if param else "The request"
     return InvalidRequest(f"{where}: {message}", code=code, param=param)
+
+
+def parse_json_request(body: bytes) -> dict[str, Any]:
+    """A body as a JSON object naming its `model` (what every dialect's route needs), or a 400.
+
+    For the dialects whose bodies go upstream as sent: parsed, not validated
+    into a model, so fields this gateway does not know survive pass-through.
+    """
+    if not body.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object", code="invalid_json")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise InvalidRequest("The request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object", code="invalid_json")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model': Field required", code="missing_field", param="model")
+    return data
 
 
 def parse_body(model: type[M], body: bytes) -> M:

@@ -26,7 +26,7 @@ from axione_asgi.cache import CACHE_HEADER
 from axione_asgi.config import AxioneConfig
 from axione_asgi.errors import AxioneError, ErrorEnvelope, InvalidRequest, UpstreamError
 from axione_asgi.exchange.estimate import estimate_json_tokens
-from axione_asgi.exchange.parsing import read_body
+from axione_asgi.exchange.parsing import parse_json_request, read_body
 from axione_asgi.exchange.pipeline import Exchange, Pipeline, open_passed_through
 from axione_asgi.ingress.anthropic_format import (
     ANTHROPIC_ENVELOPE,
@@ -66,17 +66,7 @@ STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 def _load(body: bytes, *, count: bool = False) -> Json:
     """The body as JSON, with the few fields every route needs checked."""
-    if not body.strip():
-        raise InvalidRequest("The request body is empty; send a JSON object", code="invalid_json")
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise InvalidRequest("The request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object", code="invalid_json")
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model': Field required", code="missing_field", param="model")
+    data = parse_json_request(body)
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest(

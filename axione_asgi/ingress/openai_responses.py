@@ -32,7 +32,7 @@ from axione_asgi.errors import (
     UpstreamError,
 )
 from axione_asgi.exchange.estimate import estimate_json_tokens
-from axione_asgi.exchange.parsing import read_body
+from axione_asgi.exchange.parsing import parse_json_request, read_body
 from axione_asgi.exchange.pipeline import Exchange, Pipeline, open_passed_through
 from axione_asgi.ingress.base import JSON, route
 from axione_asgi.ingress.responses_format import (
@@ -77,16 +77,8 @@ RESPONSES_ENVELOPE = _ResponsesEnvelope()
 
 
 def _load(body: bytes) -> Json:
-    if not body.strip():
-        raise InvalidRequest("The request body is empty; send a JSON object", code="invalid_json")
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise InvalidRequest("The request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object", code="invalid_json")
-    if not isinstance(data.get("model"), str) or not data["model"]:
-        raise InvalidRequest("'model': Field required", code="missing_field", param="model")
+    """The body as JSON, with the fields the route reads itself checked."""
+    data = parse_json_request(body)
     cap = data.get("max_output_tokens")
     if cap is not None and (
         not isinstance(cap, int) or isinstance(cap, bool) or not 1 <= cap < 2**31
