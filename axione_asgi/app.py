@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -30,6 +31,7 @@ from axione_asgi.ingress.base import Ingress
 from axione_asgi.ingress.openai_chat import OpenAIChatIngress
 from axione_asgi.ingress.openai_completions import OpenAICompletionsIngress
 from axione_asgi.ingress.openai_responses import OpenAIResponsesIngress
+from axione_asgi.key_events import KeyEvents, open_key_events
 from axione_asgi.keys import KeyRecord, KeyStore
 from axione_asgi.middleware.auth import KeyAuthMiddleware
 from axione_asgi.middleware.errors import ErrorFormatMiddleware
@@ -76,12 +78,18 @@ class Runtime:
         quota: QuotaService,
         cache: ChatCache | None = None,
         responses: ResponseStore | None = None,
+        key_events: KeyEvents | None = None,
+        key_changed: Callable[[str | None], None] | None = None,
     ) -> None:
         self.registry = registry
         self.key_store = key_store
         self.quota = quota
         self.cache = cache
         self.responses = responses
+        # Key changes heard from other replicas drop this process's cached lookups.
+        self.key_events = key_events
+        self.key_changed = key_changed
+        self._listener: asyncio.Task[None] | None = None
         self.started = False
         # Set when the server begins to shut down: `/readyz` answers 503 from then on.
         self.draining = False
@@ -96,6 +104,10 @@ class Runtime:
                 return
             await self.registry.open_all()
             await self.quota.start()
+            if self.key_events is not None and self.key_changed is not None:
+                self._listener = asyncio.get_running_loop().create_task(
+                    self.key_events.listen(self.key_changed), name="axione-key-changes"
+                )
             self.started = True
 
     async def stop(self) -> None:
@@ -105,12 +117,19 @@ class Runtime:
                 return
             self.started = False
             with anyio.CancelScope(shield=True):
+                listener, self._listener = self._listener, None
+                if listener is not None:
+                    listener.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await listener
                 await self.quota.stop()
                 await self.registry.close_all()
                 if self.cache is not None:
                     await self.cache.aclose()
                 if self.responses is not None:
                     self.responses.close()
+                if self.key_events is not None:
+                    await self.key_events.aclose()
 
 
 class _StartOnFirstRequest:
@@ -188,7 +207,18 @@ def create_app(
     quota = QuotaService(config, key_store=store, clock=clock)
     cache = open_chat_cache(config.cache, config.storage.counters, clock or utc_now)
     responses = open_response_store(config.storage.responses or config.storage.ledger)
-    runtime = Runtime(registry, store, quota, cache, responses)
+    key_events = open_key_events(
+        config.storage.counters,
+        max_connections=config.storage.redis_max_connections,
+        timeout_s=config.storage.redis_socket_timeout_s,
+    )
+
+    def key_changed(key_hash: str | None) -> None:
+        # Heard from a replica (or None: some may have been missed while away).
+        if app.key_auth is not None:
+            app.key_auth.forget(key_hash)
+
+    runtime = Runtime(registry, store, quota, cache, responses, key_events, key_changed)
     pipeline = Pipeline(registry, config, cache)
     # The client dialects: each one module over the same pipeline.
     ingresses: list[Ingress] = [
@@ -219,7 +249,8 @@ def create_app(
     if config.admin.enabled and config.admin.operator_key_sha256:
 
         def forget(record: KeyRecord) -> None:
-            # A revocation or new tier applies at once in this process (others: cache TTL).
+            # A revocation or new tier applies at once in this process; the others
+            # hear of it through `key_events` (Redis), else within the cache TTL.
             if app.key_auth is not None:
                 app.key_auth.forget(record.key_hash)
 
@@ -230,6 +261,7 @@ def create_app(
             counters=quota.counters,
             clock=quota.clock,
             on_change=forget,
+            key_events=key_events,
         )
         admin.append(
             Middleware(

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 
 from axione_asgi.admin.service import AdminService
 from axione_asgi.config import AxioneConfig, ConfigError
+from axione_asgi.key_events import open_key_events
 from axione_asgi.standalone import CONFIG_ENV, load_config
 from axione_asgi.stores import open_key_store
 
@@ -73,12 +74,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _keys(args: argparse.Namespace, config: AxioneConfig) -> int:
     store = open_key_store(config.storage.keys, config.keys)
-    service = AdminService(config, store)  # the admin API's service layer too
+    # With the counters on Redis, a revocation or new tier is pushed to every
+    # running replica at once (else they see it within key_cache_ttl_s).
+    events = open_key_events(config.storage.counters)
+    service = AdminService(config, store, key_events=events)  # the admin API's too
     try:
         return await _keys_command(args, service)
     finally:
         await service.aclose()
         await store.close()
+        if events is not None:
+            await events.aclose()
 
 
 async def _keys_command(args: argparse.Namespace, service: AdminService) -> int:

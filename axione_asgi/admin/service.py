@@ -9,6 +9,7 @@ from typing import Any
 import anyio.to_thread
 
 from axione_asgi.config import AxioneConfig
+from axione_asgi.key_events import KeyEvents
 from axione_asgi.keys import KeyRecord, KeyStore
 from axione_asgi.quota.counters import DailyCounters
 from axione_asgi.quota.days import Clock, utc_day, utc_now
@@ -53,7 +54,8 @@ class AdminService:
     app's ledger and counters to read live numbers; without them it opens the
     ledger `storage.ledger` names on first use (`aclose` closes it).
     `on_change` is called with each key record revoked or re-tiered (the app
-    uses it to drop its cached lookup of that key).
+    uses it to drop its cached lookup of that key); `key_events`, when given,
+    announces the change to every other worker and replica.
     """
 
     def __init__(
@@ -65,12 +67,14 @@ class AdminService:
         counters: DailyCounters | None = None,
         clock: Clock | None = None,
         on_change: Callable[[KeyRecord], None] | None = None,
+        key_events: KeyEvents | None = None,
     ) -> None:
         self.config = config
         self.key_store = key_store
         self.counters = counters
         self.clock = clock or utc_now
         self.on_change = on_change
+        self.key_events = key_events
         self._ledger = ledger
         self._owns_ledger = ledger is None
 
@@ -135,6 +139,8 @@ class AdminService:
         record = await self.get_key(key_id)
         if self.on_change is not None:
             self.on_change(record)
+        if self.key_events is not None:
+            await self.key_events.publish(record.key_hash)
         return record
 
     # -- usage ---------------------------------------------------------------
