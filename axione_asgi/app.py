@@ -118,10 +118,10 @@ class Runtime:
             self.started = False
             with anyio.CancelScope(shield=True):
                 listener, self._listener = self._listener, None
-                if listener is not None:
+                if listener is not None and self.key_events is not None:
+                    self.key_events.stop_listening()
                     listener.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await listener
+                    await asyncio.wait({listener}, timeout=3.0)
                 await self.quota.stop()
                 await self.registry.close_all()
                 if self.cache is not None:

@@ -43,6 +43,10 @@ class KeyEvents(Protocol):
         been missed (at each new subscription); runs until cancelled."""
         ...
 
+    def stop_listening(self) -> None:
+        """Make `listen` return soon (also when its cancellation is lost in a client)."""
+        ...
+
     async def aclose(self) -> None:
         """Release the connections."""
         ...
@@ -58,6 +62,7 @@ class RedisKeyEvents:
             uri, max_connections=max_connections, timeout_s=timeout_s, socket_timeout_s=timeout_s
         )
         self._client: Any = Redis(connection_pool=self._pool)
+        self._listening = True
 
     async def publish(self, key_hash: str) -> None:
         try:
@@ -70,18 +75,24 @@ class RedisKeyEvents:
                 type(exc).__name__,
             )
 
+    def stop_listening(self) -> None:
+        self._listening = False
+
     async def listen(self, changed: Callable[[str | None], None]) -> None:
         down = False
-        while True:
+        self._listening = True
+        # The flag as well as cancellation: a cancellation that lands as a read's
+        # own timeout expires may be swallowed (asyncio.timeout on Python 3.11).
+        while self._listening:
             pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)
                 # Whatever was published while this listener was away is unknown.
                 changed(None)
                 if down:
-                    logger.warning("key change channel reachable again")
+                    logger.warning("key change channel subscribed again")
                     down = False
-                while True:
+                while self._listening:
                     # A bounded wait, not a blocking read: older redis-py releases
                     # apply the pool's socket timeout to a blocking read.
                     message = await pubsub.get_message(timeout=1.0)
@@ -95,9 +106,9 @@ class RedisKeyEvents:
             except COUNTER_ERRORS as exc:
                 if not down:
                     down = True
-                    logger.error(
-                        "key change channel unreachable (%s); key changes apply within "
-                        "key_cache_ttl_s until it answers again",
+                    logger.warning(
+                        "key change channel lost (%s); key changes apply within "
+                        "key_cache_ttl_s until it is subscribed again",
                         type(exc).__name__,
                     )
                 await asyncio.sleep(_RESUBSCRIBE_S)
@@ -106,6 +117,7 @@ class RedisKeyEvents:
                     await pubsub.aclose()
 
     async def aclose(self) -> None:
+        self._listening = False
         pool, self._pool = self._pool, None
         if pool is not None:
             try:

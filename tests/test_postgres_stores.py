@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,8 @@ import pytest
 from axione_asgi import AxioneConfig, create_app
 from axione_asgi.config import ConfigError
 from axione_asgi.quota import LedgerWriter, UsageRecord, open_ledger
-from axione_asgi.quota.ledger import LedgerUnavailable
+from axione_asgi.quota.ledger import DebtLedger, LedgerUnavailable
+from axione_asgi.quota.settlement import CounterDebt
 from axione_asgi.stores import MemoryKeyStore, open_key_store, registry
 from axione_asgi.stores.postgres import (
     MIGRATIONS,
@@ -99,7 +100,13 @@ async def test_stores_opened_at_once_share_one_migrated_schema(pg: str) -> None:
         r[0]
         for r in query(pg, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
     }
-    assert {"schema_migrations", "api_keys", "usage_ledger", "stored_responses"} <= tables
+    assert {
+        "schema_migrations",
+        "api_keys",
+        "usage_ledger",
+        "stored_responses",
+        "counter_debts",
+    } <= tables
     await keys.close()
     ledger.close()
     responses.close()
@@ -124,6 +131,37 @@ def test_postgres_and_memory_ledgers_keep_and_sum_alike(pg: str) -> None:
     # Closed, it reopens on next use.
     assert len(postgres.records()) == 30
     postgres.close()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite", "memory"])
+def test_counter_debts_are_taken_once_each_by_replicas_taking_at_once(
+    pg: str, kind: str, tmp_path: Path
+) -> None:
+    uri = {"postgres": pg, "sqlite": f"sqlite:///{tmp_path}/l.db", "memory": "memory://"}[kind]
+    ledger = open_ledger(uri)
+    assert isinstance(ledger, DebtLedger)
+    day = date(2030, 5, 17)
+    debts = [CounterDebt(f"key_{n % 7}", day, n % 2, -n) for n in range(300)]
+    ledger.add_debts(debts)
+    # Four replicas (here: threads, each with its own store on the same database).
+    takers = [ledger] if kind == "memory" else [open_ledger(uri) for _ in range(4)]
+    taken: list[CounterDebt] = []
+    lock = threading.Lock()
+
+    def take(one: DebtLedger) -> None:
+        while batch := one.take_debts(7):
+            with lock:
+                taken.extend(batch)
+
+    threads = [threading.Thread(target=take, args=(t,)) for t in takers * (4 // len(takers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(taken, key=lambda d: -d.tokens) == debts
+    assert ledger.take_debts(10) == []
+    for one in {id(t): t for t in [ledger, *takers]}.values():
+        one.close()
 
 
 def test_a_record_postgres_cannot_store_is_a_value_error(pg: str) -> None:

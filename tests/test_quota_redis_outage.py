@@ -14,7 +14,8 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -65,9 +66,12 @@ def _free_port() -> int:
 class ThrowawayRedis:
     """A `redis-server` on a loopback port of its own that a test may kill and restart."""
 
-    def __init__(self) -> None:
+    def __init__(self, persistent_in: str | None = None) -> None:
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        # With a folder, an append-only file fsynced at every write: a killed
+        # server restarts with its counters, as an operator's would.
+        self.persistent_in = persistent_in
 
     @property
     def uri(self) -> str:
@@ -83,8 +87,11 @@ class ThrowawayRedis:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *(
+                    ["--appendonly", "yes", "--appendfsync", "always", "--dir", self.persistent_in]
+                    if self.persistent_in
+                    else ["--appendonly", "no"]
+                ),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -117,6 +124,25 @@ def throwaway_redis() -> Iterator[ThrowawayRedis]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[ThrowawayRedis]:
+    server = ThrowawayRedis(str(tmp_path))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], within_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await anyio.sleep(0.02)
+    return await check()
 
 
 @pytest.fixture(autouse=True)
@@ -235,13 +261,15 @@ async def test_counters_down_fail_open_admits_uncounted_and_logs_once(
         throwaway_redis.kill()
         assert (await _burst(gw, 30)) == Counter({200: 30})
         assert COUNTER_HEALTH.uncounted == 30
-        assert COUNTER_HEALTH.settle_failures == 30
+        # The 30 are owed to the counters meanwhile, in one debt of the key's day.
         assert len(_outage_lines(caplog)) == 1
         assert not [r for r in caplog.records if r.exc_info]
 
         throwaway_redis.start()
         assert (await _burst(gw, 10)) == Counter({200: 10})
-        assert (await gw.usage())["used"]["requests"] == 10
+        # Counted once Redis is back (this Redis kept nothing: the request
+        # before the outage went with its data): the 30 and the 10.
+        assert (await gw.usage())["used"]["requests"] == 40
         assert COUNTER_HEALTH.uncounted == 30
         assert len(_recovery_lines(caplog)) == 1
 
@@ -260,14 +288,20 @@ async def test_an_uncounted_admission_is_counted_when_redis_is_back_by_settlemen
         assert not admission.counted
         throwaway_redis.start()
         await service.settle(admission, prompt_tokens=10, completion_tokens=5)
-        use = (await service.snapshot(key)).requests, (await service.snapshot(key)).tokens
-        assert use == (1, 15)
+
+        async def counted() -> bool:
+            snap = await service.snapshot(key)
+            return (snap.requests, snap.tokens) == (1, 15)
+
+        assert await _eventually(counted)
     finally:
         await service.stop()
 
 
-async def test_settlement_with_redis_gone_never_raises(throwaway_redis: ThrowawayRedis) -> None:
-    config = _config(throwaway_redis.uri)
+async def test_a_settlement_that_cannot_reach_redis_is_sent_when_it_answers_again(
+    persistent_redis: ThrowawayRedis,
+) -> None:
+    config = _config(persistent_redis.uri)
     store = MemoryKeyStore()
     key, _ = await store.create("outage", tier=1)
     service = QuotaService(config, key_store=store)
@@ -275,11 +309,51 @@ async def test_settlement_with_redis_gone_never_raises(throwaway_redis: Throwawa
     try:
         admission = await service.admit(key, 100)
         assert admission.counted and admission.reserved == 100
-        throwaway_redis.kill()
-        await service.settle(admission, prompt_tokens=3, completion_tokens=4)
-        assert COUNTER_HEALTH.settle_failures == 1 and COUNTER_HEALTH.down
+        persistent_redis.kill()
+        await service.settle(admission, prompt_tokens=3, completion_tokens=4)  # never raises
+
+        async def failed() -> bool:
+            return COUNTER_HEALTH.settle_failures >= 1 and COUNTER_HEALTH.down
+
+        assert await _eventually(failed)
+        persistent_redis.start()
+
+        async def settled() -> bool:
+            snap = await service.snapshot(key)
+            return (snap.requests, snap.tokens) == (1, 7)
+
+        # The reservation of 100 was replaced by the 7 used, once Redis answered.
+        assert await _eventually(settled)
     finally:
         await service.stop()
+
+
+async def test_what_a_stopping_process_cannot_send_is_kept_in_the_ledger_and_paid_later(
+    persistent_redis: ThrowawayRedis, tmp_path: Path
+) -> None:
+    ledger = f"sqlite:///{tmp_path}/ledger.db"
+    config = _config(persistent_redis.uri, ledger=ledger)
+    store = MemoryKeyStore()
+    key, _ = await store.create("outage", tier=1)
+    first = QuotaService(config, key_store=store)
+    await first.start()
+    admission = await first.admit(key, 100)
+    persistent_redis.kill()
+    await first.settle(admission, prompt_tokens=3, completion_tokens=4)
+    await first.stop()  # Redis is down: the -93 tokens owed go to the ledger
+    persistent_redis.start()
+    second = QuotaService(config, key_store=store)
+    await second.start()  # another replica, or this one restarted
+    try:
+
+        async def paid() -> bool:
+            snap = await second.snapshot(key)
+            return (snap.requests, snap.tokens) == (1, 7)
+
+        assert await _eventually(paid)
+        assert second.ledger.take_debts(10) == []  # type: ignore[attr-defined]
+    finally:
+        await second.stop()
 
 
 async def test_the_cache_with_redis_down_is_a_miss_and_stores_nothing(

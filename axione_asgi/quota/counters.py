@@ -21,6 +21,7 @@ import asyncio
 import enum
 import importlib.util
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from axione_asgi.quota.tiers import DayUse
 
 if TYPE_CHECKING:
     from axione_asgi.config import StorageConfig
+    from axione_asgi.quota.settlement import CounterDebt
 
 __all__ = [
     "CACHE_HEALTH",
@@ -40,6 +42,7 @@ __all__ = [
     "COUNTER_EXPIRY_S",
     "COUNTER_HEALTH",
     "CounterResult",
+    "CountersBusy",
     "DailyCounters",
     "RedisDailyCounters",
     "StoreHealth",
@@ -229,14 +232,18 @@ class DailyCounters:
         token_limit: int,
         reserve: int,
         minimum: int = 0,
+        carried: Sequence[CounterDebt] = (),
     ) -> CounterResult:
         """Count one request and reserve tokens for it, or refuse and leave no trace.
 
         A request is refused when the day already holds `request_limit`
         requests, or (when it reserves tokens) when what is left of the day's
         tokens, open reservations included, is below `minimum` (or nothing).
-        The reservation granted is at most what is left.
+        The reservation granted is at most what is left. `carried`
+        adjustments (earlier requests' settlements) are applied first.
         """
+        if carried:
+            await self.adjust_many(carried)
         storage, expiry = self.storage, self.expiry_s
         req_key = _day_key(key_id, day, "req")
         tok_key = _day_key(key_id, day, "tok")
@@ -262,10 +269,23 @@ class DailyCounters:
             reserve -= excess
         return CounterResult(Verdict.ADMITTED, requests, tokens, reserve)
 
+    # Whether settlements should be queued and carried by admissions
+    # (`quota.settlement`) rather than sent one round trip each.
+    batches_settlement = False
+
     async def settle(self, key_id: str, day: date, delta: int) -> None:
         """Move the day's tokens by `delta` (real count minus reservation)."""
         if delta:
             await self.storage.incr(_day_key(key_id, day, "tok"), self.expiry_s, delta)
+
+    async def adjust_many(self, debts: Sequence[CounterDebt]) -> None:
+        """Move each key's day counters by its debt (either sign)."""
+        storage, expiry = self.storage, self.expiry_s
+        for debt in debts:
+            if debt.requests:
+                await storage.incr(_day_key(debt.key_id, debt.day, "req"), expiry, debt.requests)
+            if debt.tokens:
+                await storage.incr(_day_key(debt.key_id, debt.day, "tok"), expiry, debt.tokens)
 
     async def read(self, key_id: str, day: date) -> DayUse:
         """The day's request and token counts (tokens include open reservations)."""
@@ -300,11 +320,18 @@ class DailyCounters:
         return None
 
 
-# KEYS: request counter, token counter. ARGV: request limit, token limit,
-# reserve, expiry, minimum. Returns {verdict, requests, tokens, reserved} where verdict
-# is 0 admitted, 1 requests spent, 2 tokens spent. The same rule as
+# KEYS: request counter, token counter, then the counters carried
+# adjustments move. ARGV: request limit, token limit, reserve, expiry,
+# minimum, then one delta per carried counter (KEYS[i] moves by ARGV[i + 3]).
+# The adjustments apply first (earlier requests' settlements, so the check
+# below sees them). Returns {verdict, requests, tokens, reserved} where
+# verdict is 0 admitted, 1 requests spent, 2 tokens spent. The same rule as
 # `DailyCounters.admit`, but whole: nothing else runs in between.
 _ADMIT_LUA = """
+for i = 3, #KEYS do
+  local delta = tonumber(ARGV[i + 3])
+  if redis.call('INCRBY', KEYS[i], delta) == delta then redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+end
 local requests = tonumber(redis.call('GET', KEYS[1]) or '0')
 local tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
 local reserve = tonumber(ARGV[3])
@@ -327,14 +354,71 @@ end
 return {0, requests, tokens, reserve}
 """
 
+# KEYS: counters; ARGV: expiry, then one delta per counter.
+_ADJUST_LUA = """
+for i = 1, #KEYS do
+  local delta = tonumber(ARGV[i + 1])
+  if redis.call('INCRBY', KEYS[i], delta) == delta then redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+end
+return #KEYS
+"""
+
 _VERDICTS = (Verdict.ADMITTED, Verdict.REQUESTS_SPENT, Verdict.TOKENS_SPENT)
+
+
+class CountersBusy(TimeoutError):
+    """No pooled Redis connection came free in time: too many requests at once, not an outage."""
+
+
+class _FairGate:
+    """At most `size` callers at once, the others served in arrival order.
+
+    redis-py's `BlockingConnectionPool` wakes a waiter when a connection comes
+    back, but a caller arriving meanwhile may take it first; under sustained
+    load some waiters lose that race until their timeout, and a request fails
+    after seconds with Redis healthy. An `asyncio.Semaphore` queues arrivals
+    behind waiters (Python 3.11.1 and later), so in front of the pool it
+    keeps the pool from ever blocking and every request waits its turn.
+    """
+
+    def __init__(self, size: int, timeout_s: float) -> None:
+        self.size = size
+        self.timeout_s = timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def _for_loop(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._semaphore is None or self._loop is not loop:  # a semaphore is bound to one loop
+            self._loop, self._semaphore = loop, asyncio.Semaphore(self.size)
+        return self._semaphore
+
+    async def acquire(self) -> asyncio.Semaphore:
+        semaphore = self._for_loop()
+        if not semaphore.locked():
+            await semaphore.acquire()  # returns at once: the common case costs no timer
+            return semaphore
+        try:
+            await asyncio.wait_for(semaphore.acquire(), self.timeout_s)
+        except TimeoutError:
+            raise CountersBusy(
+                f"no Redis connection came free within {self.timeout_s:g} s "
+                f"({self.size} in use by this process: see redis_max_connections)"
+            ) from None
+        return semaphore
 
 
 class RedisDailyCounters(DailyCounters):
     """The same counters on `limits`' Redis storage, admission in one round trip."""
 
     def __init__(
-        self, storage: RedisStorage, *, expiry_s: int = COUNTER_EXPIRY_S, pool: Any = None
+        self,
+        storage: RedisStorage,
+        *,
+        expiry_s: int = COUNTER_EXPIRY_S,
+        pool: Any = None,
+        max_connections: int = 64,
+        pool_timeout_s: float = 2.0,
     ) -> None:
         super().__init__(storage, expiry_s=expiry_s)
         self._pool = pool
@@ -342,6 +426,22 @@ class RedisDailyCounters(DailyCounters):
         self._bridge = bridge
         self._client: Any = bridge.get_connection()
         self._admit_script: Any = self._client.register_script(_ADMIT_LUA)
+        self._adjust_script: Any = self._client.register_script(_ADJUST_LUA)
+        # A few connections stay free for the pool's other users (the key
+        # change listener holds one, the response cache, the rollover checks).
+        self._gate = _FairGate(max(1, max_connections - 4), pool_timeout_s)
+
+    batches_settlement = True
+
+    def _carry(self, debts: Sequence[CounterDebt], keys: list[str], args: list[Any]) -> None:
+        prefixed = self._bridge.prefixed_key
+        for debt in debts:
+            if debt.requests:
+                keys.append(prefixed(_day_key(debt.key_id, debt.day, "req")))
+                args.append(debt.requests)
+            if debt.tokens:
+                keys.append(prefixed(_day_key(debt.key_id, debt.day, "tok")))
+                args.append(debt.tokens)
 
     async def admit(
         self,
@@ -352,15 +452,38 @@ class RedisDailyCounters(DailyCounters):
         token_limit: int,
         reserve: int,
         minimum: int = 0,
+        carried: Sequence[CounterDebt] = (),
     ) -> CounterResult:
         keys = [
             self._bridge.prefixed_key(_day_key(key_id, day, "req")),
             self._bridge.prefixed_key(_day_key(key_id, day, "tok")),
         ]
-        verdict, requests, tokens, reserved = await self._admit_script(
-            keys, [request_limit, token_limit, max(0, reserve), self.expiry_s, max(0, minimum)]
-        )
+        args: list[Any] = [
+            request_limit,
+            token_limit,
+            max(0, reserve),
+            self.expiry_s,
+            max(0, minimum),
+        ]
+        if carried:
+            self._carry(carried, keys, args)
+        gate = await self._gate.acquire()
+        try:
+            verdict, requests, tokens, reserved = await self._admit_script(keys, args)
+        finally:
+            gate.release()
         return CounterResult(_VERDICTS[int(verdict)], int(requests), int(tokens), int(reserved))
+
+    async def adjust_many(self, debts: Sequence[CounterDebt]) -> None:
+        keys: list[str] = []
+        args: list[Any] = [self.expiry_s]
+        self._carry(debts, keys, args)
+        if keys:
+            gate = await self._gate.acquire()
+            try:
+                await self._adjust_script(keys, args)
+            finally:
+                gate.release()
 
     async def read(self, key_id: str, day: date) -> DayUse:
         keys = [
@@ -408,5 +531,11 @@ def open_counters(uri: str, config: StorageConfig | None = None) -> DailyCounter
         raise ValueError(f"counters storage {uri!r} has no async variant in `limits`")
     # Only the plain Redis storage: a cluster or sentinel keeps the generic path.
     if redispy and type(storage) is RedisStorage:
-        return RedisDailyCounters(storage, pool=pool)
+        sizes = {}
+        if config is not None:
+            sizes = {
+                "max_connections": config.redis_max_connections,
+                "pool_timeout_s": config.redis_pool_timeout_s,
+            }
+        return RedisDailyCounters(storage, pool=pool, **sizes)
     return DailyCounters(storage)

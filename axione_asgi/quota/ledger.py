@@ -40,10 +40,12 @@ except ImportError:  # Windows: spill files are not locked across processes ther
 import anyio.to_thread
 
 from axione_asgi.quota.days import utc_day
+from axione_asgi.quota.settlement import CounterDebt
 from axione_asgi.stores.sqlite import connect
 
 __all__ = [
     "LEDGER_HEALTH",
+    "DebtLedger",
     "Ledger",
     "LedgerHealth",
     "LedgerTotals",
@@ -133,11 +135,30 @@ class Ledger(Protocol):
         ...
 
 
+@runtime_checkable
+class DebtLedger(Protocol):
+    """A ledger that also keeps what the shared counters are owed (`quota.settlement`).
+
+    Settlements a stopping process could not send to the counters store wait
+    here; any replica takes them, once each, and pays them when the store
+    answers. The built-in ledgers all are; a ledger of one's own may be.
+    """
+
+    def add_debts(self, debts: Sequence[CounterDebt]) -> None:
+        """Keep debts, all or none."""
+        ...
+
+    def take_debts(self, limit: int) -> list[CounterDebt]:
+        """Remove and return up to `limit` of the oldest debts (each to one caller only)."""
+        ...
+
+
 class MemoryLedger:
     """Records in a list: for tests and throwaway servers (lost at exit)."""
 
     def __init__(self) -> None:
         self._records: list[UsageRecord] = []
+        self._debts: list[CounterDebt] = []
         self._lock = threading.Lock()
 
     def write(self, records: Sequence[UsageRecord]) -> None:
@@ -163,6 +184,15 @@ class MemoryLedger:
             t.estimated_requests += r.estimated
         return out
 
+    def add_debts(self, debts: Sequence[CounterDebt]) -> None:
+        with self._lock:
+            self._debts.extend(debts)
+
+    def take_debts(self, limit: int) -> list[CounterDebt]:
+        with self._lock:
+            taken, self._debts = self._debts[:limit], self._debts[limit:]
+        return taken
+
     def close(self) -> None:
         return None
 
@@ -187,6 +217,13 @@ CREATE TABLE IF NOT EXISTS usage_ledger (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_ledger_day_key ON usage_ledger (day, key_id);
+CREATE TABLE IF NOT EXISTS counter_debts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    day TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    tokens INTEGER NOT NULL
+);
 """
 
 _COLUMNS = (
@@ -339,6 +376,33 @@ class SQLiteLedger:
                 .fetchall()
             )
         return {row[0]: LedgerTotals(row[1], row[2], row[3], row[4]) for row in rows}
+
+    def add_debts(self, debts: Sequence[CounterDebt]) -> None:
+        if not debts:
+            return
+        rows = [(d.day.isoformat(), d.key_id, d.requests, d.tokens) for d in debts]
+        with self._lock:
+            conn = self._connection()
+            with conn:
+                conn.executemany(
+                    "INSERT INTO counter_debts (day, key_id, requests, tokens) VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+
+    def take_debts(self, limit: int) -> list[CounterDebt]:
+        with self._lock:
+            if self._absent():
+                return []
+            conn = self._connection()
+            # One statement, so two workers on one file never take the same debt.
+            with conn:
+                rows = conn.execute(
+                    "DELETE FROM counter_debts WHERE id IN "
+                    "(SELECT id FROM counter_debts ORDER BY id LIMIT ?) "
+                    "RETURNING key_id, day, requests, tokens",
+                    (limit,),
+                ).fetchall()
+        return [CounterDebt(r[0], date.fromisoformat(r[1]), r[2], r[3]) for r in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -21,7 +23,8 @@ from axione_asgi.quota.counters import (
     open_counters,
 )
 from axione_asgi.quota.days import Clock, next_midnight, seconds_until, utc_day, utc_now
-from axione_asgi.quota.ledger import Ledger, LedgerWriter, UsageRecord, open_ledger
+from axione_asgi.quota.ledger import DebtLedger, Ledger, LedgerWriter, UsageRecord, open_ledger
+from axione_asgi.quota.settlement import CounterDebt, SettlementQueue
 from axione_asgi.quota.tiers import DayUse, TierTable
 
 __all__ = ["Admission", "Clock", "QuotaExceeded", "QuotaService", "Snapshot"]
@@ -32,6 +35,9 @@ logger = logging.getLogger("axione")
 _DECISION_WAIT_S = 1.0
 # `Retry-After` of a 503 `quota_unavailable`: the counters store may be back soon.
 _UNAVAILABLE_RETRY_S = 2
+# How often a replica looks in the ledger for debts owed to the shared counters.
+_DEBTS_EVERY_S = 5.0
+_DEBTS_PER_LOOK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +153,10 @@ class QuotaService:
             self.ledger, flush_timeout_s=config.storage.ledger_flush_timeout_s
         )
         self._seeded = False
+        # Settlements owed to the counters: carried by the next admission
+        # (one round trip a request on Redis), or sent after a short linger.
+        self.settlements = SettlementQueue(self.counters.adjust_many)
+        self._debts_task: asyncio.Task[None] | None = None
         # What this process knows of each key's days: when its rollover was
         # last looked at, and the promotion it got. KeyAuthMiddleware caches
         # key records for a while, so a new tier applies through here until
@@ -169,6 +179,43 @@ class QuotaService:
             self._seeded = True
             await self._seed_counters()
         self.writer.start()
+        if (
+            not self.counters.per_process
+            and isinstance(self.ledger, DebtLedger)
+            and self._debts_task is None
+        ):
+            self._debts_task = asyncio.get_running_loop().create_task(
+                self._collect_debts(self.ledger), name="axione-counter-debts"
+            )
+
+    async def _collect_debts(self, ledger: DebtLedger) -> None:
+        """Take the debts stopped processes left in the ledger, and pay them.
+
+        Debts are taken only while the counters answer; they join this
+        process's queue, so they are paid the same way as its own
+        settlements (and kept if the store fails again before that).
+        """
+        while True:
+            if COUNTER_HEALTH.down:
+                # Nothing may have tried the store since it failed: look.
+                try:
+                    await self.counters.read("axione-debts-probe", utc_day(self.clock()))
+                except COUNTER_ERRORS:
+                    pass
+                else:
+                    COUNTER_HEALTH.ok()
+            if not COUNTER_HEALTH.down:
+                try:
+                    debts = await anyio.to_thread.run_sync(ledger.take_debts, _DEBTS_PER_LOOK)
+                except Exception as exc:
+                    logger.warning("counter debts could not be read from the ledger: %s", exc)
+                    debts = []
+                if debts:
+                    logger.info("paying %d counter debts left in the ledger", len(debts))
+                    self.settlements.give_back(debts)
+                    if len(debts) == _DEBTS_PER_LOOK:
+                        continue
+            await asyncio.sleep(_DEBTS_EVERY_S)
 
     async def _seed_counters(self) -> None:
         today = utc_day(self.clock())
@@ -197,12 +244,41 @@ class QuotaService:
             )
 
     async def stop(self) -> None:
-        """Flush the ledger, then release the counters' and the ledger's connections."""
+        """Send what the counters are owed, flush the ledger, release the connections.
+
+        Settlements the counters store cannot take now are written to the
+        ledger as debts (when it keeps them), for a replica to pay later.
+        """
+        task, self._debts_task = self._debts_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        left = await self.settlements.drain()
+        if left:
+            await self._keep_debts(left)
         await self.writer.stop()
         try:
             await self.counters.close()
         finally:
             await anyio.to_thread.run_sync(self.ledger.close)
+
+    async def _keep_debts(self, debts: list[CounterDebt]) -> None:
+        ledger = self.ledger
+        what = f"{sum(d.requests for d in debts)} requests, {sum(d.tokens for d in debts)} tokens"
+        if self.counters.per_process or not isinstance(ledger, DebtLedger):
+            logger.error("the counters were not sent %s at shutdown: lost", what)
+            return
+        try:
+            await anyio.to_thread.run_sync(ledger.add_debts, debts)
+        except Exception as exc:
+            logger.error("the counters were not sent %s at shutdown, nor the ledger: %s", what, exc)
+        else:
+            logger.warning(
+                "the counters store did not answer at shutdown: %s owed to it are kept in "
+                "the ledger, for a replica to pay when it answers",
+                what,
+            )
 
     # -- tiers ---------------------------------------------------------------
     def limits_for(self, tier: int) -> TierLimits:
@@ -326,6 +402,9 @@ class QuotaService:
             tier = await self.tier_of(key, now)
         day = utc_day(now)
         limits = self.tiers.limits_for(tier)
+        settlements = self.settlements
+        # Earlier requests' settlements ride along (on Redis, the same round trip).
+        carried = settlements.take() if settlements else ()
         try:
             result = await self.counters.admit(
                 key.id,
@@ -334,8 +413,11 @@ class QuotaService:
                 token_limit=limits.tokens_per_day,
                 reserve=max(0, reserve_tokens),
                 minimum=min(max(0, minimum_tokens), max(0, reserve_tokens)),
+                carried=carried,
             )
         except COUNTER_ERRORS as exc:
+            if carried:
+                settlements.give_back(carried)
             COUNTER_HEALTH.failed(exc, "admitting a request")
             if self.config.storage.on_counter_failure == "open":
                 COUNTER_HEALTH.uncounted += 1
@@ -417,16 +499,23 @@ class QuotaService:
             )
 
     async def _settle_counters(self, admission: Admission, tokens: int, delta: int) -> None:
-        # Never raises: the answer is out, and the ledger record is what counts.
+        # Never raises: the answer is out; what the store cannot take now is owed.
+        # Admitted uncounted while the store was down: the request is owed too.
+        requests, delta = (0, delta) if admission.counted else (1, tokens)
+        if self.counters.batches_settlement:
+            self.settlements.owe(admission.key_id, admission.day, requests, delta)
+            return
         try:
-            if admission.counted:
-                await self.counters.settle(admission.key_id, admission.day, delta)
+            if requests:
+                await self.counters.adjust_many(
+                    [CounterDebt(admission.key_id, admission.day, requests, delta)]
+                )
             else:
-                # Admitted uncounted while the store was down: counted now if it is back.
-                await self.counters.seed(admission.key_id, admission.day, 1, tokens)
+                await self.counters.settle(admission.key_id, admission.day, delta)
         except COUNTER_ERRORS as exc:
             COUNTER_HEALTH.settle_failures += 1
             COUNTER_HEALTH.failed(exc, "settling a request's tokens")
+            self.settlements.owe(admission.key_id, admission.day, requests, delta)
         else:
             COUNTER_HEALTH.ok()
 

@@ -43,6 +43,7 @@ from axione_asgi.quota.ledger import (
     UsageRecord,
     record_of_row,
 )
+from axione_asgi.quota.settlement import CounterDebt
 from axione_asgi.stores.responses import StoredResponse
 
 __all__ = [
@@ -112,6 +113,19 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
                 PRIMARY KEY (key_id, id)
             )""",
             "CREATE INDEX IF NOT EXISTS stored_responses_expiry ON stored_responses (expires_at)",
+        ),
+    ),
+    (
+        4,
+        "counter debts",
+        (
+            """CREATE TABLE IF NOT EXISTS counter_debts (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                day DATE NOT NULL,
+                key_id TEXT NOT NULL,
+                requests BIGINT NOT NULL,
+                tokens BIGINT NOT NULL
+            )""",
         ),
     ),
 )
@@ -414,6 +428,33 @@ class PostgresLedger:
         return {
             row[0]: LedgerTotals(int(row[1]), int(row[2]), int(row[3]), int(row[4])) for row in rows
         }
+
+    def add_debts(self, debts: Sequence[CounterDebt]) -> None:
+        if not debts:
+            return
+        rows = [(d.day, d.key_id, d.requests, d.tokens) for d in debts]
+
+        def insert(conn: psycopg.Connection[Any]) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO counter_debts (day, key_id, requests, tokens) "
+                    "VALUES (%s, %s, %s, %s)",
+                    rows,
+                )
+
+        self._call(insert)
+
+    def take_debts(self, limit: int) -> list[CounterDebt]:
+        # SKIP LOCKED: replicas taking debts at once each get their own.
+        rows = self._call(
+            lambda c: c.execute(
+                "DELETE FROM counter_debts WHERE id IN (SELECT id FROM counter_debts "
+                "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
+                "RETURNING key_id, day, requests, tokens",
+                (limit,),
+            ).fetchall()
+        )
+        return [CounterDebt(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
     def close(self) -> None:
         with self._lock:

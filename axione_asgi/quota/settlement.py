@@ -1,0 +1,169 @@
+"""What the counters are still owed: settlements not yet sent, or that failed to arrive.
+
+A request's settlement (its real token count replacing its reservation, or a
+request admitted uncounted while the store was down) is a small adjustment
+to two counters. On a shared store it does not need a round trip of its own:
+`SettlementQueue` keeps adjustments merged per key and day, the next
+admission carries them to the store in its own round trip (Redis: one
+script), and a short timer sends whatever an idle process still holds. So a
+request costs one round trip on the hot path, and the counters lag the real
+count by at most `linger_s` while the process is idle.
+
+When the store cannot be reached the adjustments stay queued and are sent
+when it answers again (the timer backs off meanwhile). What is still owed
+when the process stops is written to the usage ledger as debts, which any
+replica takes back and pays once the store answers (`QuotaService`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from axione_asgi.quota.counters import COUNTER_ERRORS, COUNTER_HEALTH
+
+__all__ = ["CounterDebt", "SettlementQueue"]
+
+logger = logging.getLogger("axione")
+
+# How many keys' adjustments one admission carries: bounds that script's size.
+CARRIED_PER_ADMISSION = 32
+# How many a timer flush sends in one round trip.
+_FLUSH_BATCH = 512
+_BACKOFF_S = (0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class CounterDebt:
+    """Requests and tokens (either may be negative) owed to one key's day counters."""
+
+    key_id: str
+    day: date
+    requests: int
+    tokens: int
+
+
+Sender = Callable[[Sequence[CounterDebt]], Awaitable[None]]
+
+
+class SettlementQueue:
+    """Adjustments owed to the counters, merged per key and day, sent in batches."""
+
+    def __init__(self, send: Sender, *, linger_s: float = 0.02) -> None:
+        self._send = send
+        self.linger_s = linger_s
+        self._owed: dict[tuple[str, date], list[int]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._failures = 0
+        self._draining = False
+
+    def __len__(self) -> int:
+        return len(self._owed)
+
+    def owe(self, key_id: str, day: date, requests: int, tokens: int) -> None:
+        """Queue an adjustment; sent with the next admission or after `linger_s`."""
+        if not requests and not tokens:
+            return
+        entry = self._owed.get((key_id, day))
+        if entry is None:
+            self._owed[(key_id, day)] = [requests, tokens]
+        else:
+            entry[0] += requests
+            entry[1] += tokens
+            if not entry[0] and not entry[1]:
+                del self._owed[(key_id, day)]
+        self._schedule(self.linger_s)
+
+    def take(self, limit: int = CARRIED_PER_ADMISSION) -> list[CounterDebt]:
+        """Remove up to `limit` of the oldest adjustments, to be sent by the caller."""
+        owed = self._owed
+        if not owed:
+            return []
+        if len(owed) <= limit:
+            self._owed = {}
+            items = list(owed.items())
+        else:
+            items = [(k, owed.pop(k)) for k in list(itertools.islice(owed, limit))]
+        return [CounterDebt(k, d, e[0], e[1]) for (k, d), e in items]
+
+    def give_back(self, debts: Sequence[CounterDebt]) -> None:
+        """The caller could not send these: they are owed again."""
+        for debt in debts:
+            self.owe(debt.key_id, debt.day, debt.requests, debt.tokens)
+
+    async def drain(self) -> list[CounterDebt]:
+        """Send everything now (once, no retry); what could not be sent."""
+        self._cancel_timer()
+        self._draining = True
+        try:
+            flushing = self._flushing
+            if flushing is not None:
+                # The flag ends its loop after the batch in hand (not cancelled
+                # mid-send: that batch might be counted twice, or lost).
+                await asyncio.wait({flushing}, timeout=3.0)
+                if not flushing.done():
+                    flushing.cancel()
+                    await asyncio.wait({flushing}, timeout=1.0)
+        finally:
+            self._draining = False
+        left: list[CounterDebt] = []
+        while self._owed:
+            batch = self.take(_FLUSH_BATCH)
+            try:
+                await self._send(batch)
+            except COUNTER_ERRORS as exc:
+                COUNTER_HEALTH.failed(exc, "sending the last settlements")
+                left.extend(batch)
+                left.extend(self.take(len(self._owed)))
+        return left
+
+    # -- the timer -------------------------------------------------------------
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None or self._flushing is not None or self._draining:
+            return  # a flush is due, or running: it takes this one too
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a sync caller): the next admission carries it
+            return
+        self._timer = loop.call_later(delay, self._start_flush)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _start_flush(self) -> None:
+        self._timer = None
+        if self._owed and self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(
+                self._flush(), name="axione-settlements"
+            )
+
+    async def _flush(self) -> None:
+        try:
+            while self._owed and not self._draining:
+                batch = self.take(_FLUSH_BATCH)
+                try:
+                    await self._send(batch)
+                except asyncio.CancelledError:
+                    self.give_back(batch)  # most likely not sent: owed again
+                    raise
+                except Exception as exc:
+                    # COUNTER_ERRORS, or a client's own bug: either way the batch is kept.
+                    self.give_back(batch)  # schedules nothing: this task is running
+                    COUNTER_HEALTH.settle_failures += 1
+                    COUNTER_HEALTH.failed(exc, "settling requests' tokens")
+                    delay = _BACKOFF_S[min(self._failures, len(_BACKOFF_S) - 1)]
+                    self._failures += 1
+                    if not self._draining:
+                        await asyncio.sleep(delay)
+                else:
+                    self._failures = 0
+                    COUNTER_HEALTH.ok()
+        finally:
+            self._flushing = None
