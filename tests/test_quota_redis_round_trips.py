@@ -69,7 +69,7 @@ async def test_a_request_takes_one_redis_round_trip_its_settlement_riding_on_the
             await forget_redis_keys(gw.key_id)
 
 
-async def test_concurrent_requests_take_about_one_round_trip_each(writes: list[str]) -> None:
+async def test_concurrent_admissions_share_round_trips(writes: list[str]) -> None:
     config = quota_config(tiers=ROOMY, counters=redis_uri())
     async with gateway(config) as gw:
         try:
@@ -82,8 +82,10 @@ async def test_concurrent_requests_take_about_one_round_trip_each(writes: list[s
             await anyio.sleep(0.1)
             # New pooled connections say hello first; that is not per request.
             commands = [w for w in writes if w not in ("HELLO", "CLIENT", "SELECT", "AUTH")]
-            # 64 admissions; the settlements rode on them, or went in a few batches.
-            assert 64 <= len(commands) <= 64 + 4, commands
+            # 64 admissions, with the settlements riding on them: the ones made
+            # while one is in flight go together in one pipeline, so a handful
+            # of writes carry them all (at most one a request, whatever the load).
+            assert 1 <= len(commands) <= 8, commands
             assert set(commands) == {"EVALSHA"}
             usage = await gw.usage()
             records = await _ledger(gw, 65)
