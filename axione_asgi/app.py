@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -50,6 +51,8 @@ from axione_asgi.stores import open_key_store
 from axione_asgi.stores.responses import ResponseStore, open_response_store
 
 __all__ = ["PUBLIC_PATHS", "AxioneApp", "Runtime", "create_app"]
+
+logger = logging.getLogger("axione")
 
 # What a browser client may read of an answer across origins.
 RESPONSE_HEADERS = (
@@ -103,12 +106,34 @@ class Runtime:
             if self.started:
                 return
             await self.registry.open_all()
+            await self._prepare_stores()
             await self.quota.start()
             if self.key_events is not None and self.key_changed is not None:
                 self._listener = asyncio.get_running_loop().create_task(
                     self.key_events.listen(self.key_changed), name="axione-key-changes"
                 )
             self.started = True
+
+    async def _prepare_stores(self) -> None:
+        # Schema migrations run at start-up (PostgreSQL: versioned, under an
+        # advisory lock, so replicas starting at once apply each once). A
+        # database down now is not fatal: `/readyz` says so, and each store
+        # migrates on first use when it answers.
+        seen: set[int] = set()
+        for store in (self.key_store, self.quota.ledger, self.responses):
+            prepare = getattr(store, "prepare", None)
+            if store is None or prepare is None or id(store) in seen:
+                continue
+            seen.add(id(store))
+            try:
+                await anyio.to_thread.run_sync(prepare)
+            except Exception as exc:
+                logger.error(
+                    "%s could not be prepared at start-up (%s: %s); it is tried again on first use",
+                    type(store).__name__,
+                    type(exc).__name__,
+                    exc,
+                )
 
     async def stop(self) -> None:
         """Flush and close everything; the app can start again afterwards."""

@@ -237,6 +237,34 @@ async def test_response_store_keeps_per_key_until_expiry(pg: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_the_schema_is_migrated_when_the_gateway_starts_not_on_first_use() -> None:
+    with fresh_schema() as pg:
+        config = AxioneConfig.from_mapping(
+            {"storage": {"keys": pg, "ledger": pg, "counters": "memory://"}}
+        )
+        app = create_app(config)
+        assert query(pg, "SELECT to_regclass('schema_migrations') IS NULL") == [(True,)]
+        async with app.lifespan():
+            rows = query(pg, "SELECT version FROM schema_migrations ORDER BY version")
+            assert [r[0] for r in rows] == [m[0] for m in MIGRATIONS]
+
+
+@pytest.mark.anyio
+async def test_a_database_down_at_start_up_does_not_stop_the_gateway(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = "postgresql://postgres@127.0.0.1:1/test?connect_timeout=1"
+    config = AxioneConfig.from_mapping(
+        {"storage": {"keys": "memory://", "ledger": dead, "counters": "memory://"}}
+    )
+    app = create_app(config)
+    async with app.lifespan(), asgi_client(app) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 503
+    assert any("could not be prepared at start-up" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.anyio
 async def test_a_gateway_on_postgres_serves_a_chat_and_ledgers_it_there(pg: str) -> None:
     config = AxioneConfig.from_mapping(
         {

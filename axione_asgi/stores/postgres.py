@@ -243,6 +243,10 @@ class PostgresKeyStore:
         self._pool: AsyncConnectionPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def prepare(self) -> None:
+        """Bring the schema up to date now (at start-up; blocking), not on first use."""
+        ensure_migrated(self.target)
+
     async def _connection_pool(self) -> AsyncConnectionPool:
         loop = asyncio.get_running_loop()
         if self._pool is not None and self._loop is loop:
@@ -375,6 +379,10 @@ class PostgresLedger:
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
 
+    def prepare(self) -> None:
+        """Bring the schema up to date now (at start-up; blocking), not on first use."""
+        ensure_migrated(self.target)
+
     @property
     def spill_path(self) -> str:
         """Where `LedgerWriter` keeps records while the database cannot take them."""
@@ -476,6 +484,10 @@ class PostgresResponseStore:
         self._clock = clock
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """Bring the schema up to date now (at start-up; blocking), not on first use."""
+        ensure_migrated(self.target)
 
     def _connection_pool(self) -> ConnectionPool:
         with self._lock:
