@@ -122,12 +122,12 @@ class ProviderConfig(_Strict):
     # Anthropic requires max_tokens; this is sent when the client gives none.
     default_max_tokens: int = Field(default=4096, ge=1)
     max_connections: int = Field(default=256, ge=1)
-    # The HTTP client to the upstream: "httptools" (a lean HTTP/1.1 pool on
-    # the parser uvicorn uses; the least CPU per request, but no proxies,
-    # redirects or compression), "aiohttp" (the `axione-asgi[fast]` extra),
-    # "httpx", or "auto": httptools, or httpx when a proxy is set in the
-    # environment (HTTPS_PROXY and the like).
-    transport: Literal["auto", "httptools", "aiohttp", "httpx"] = "auto"
+    # The HTTP client to the upstream: "auto" (aiohttp, or httpx when a proxy
+    # is set in the environment, HTTPS_PROXY and the like, since only httpx
+    # honours one), "aiohttp", "httpx", or "httptools" (opt-in: a lean
+    # HTTP/1.1 pool on the parser uvicorn uses; the least CPU per request,
+    # but no proxies, redirects or compression).
+    transport: Literal["auto", "aiohttp", "httpx", "httptools"] = "auto"
     # An https upstream's trusted CA certificates: a PEM file (or a folder
     # `openssl rehash` prepared), trusted instead of the system store, for an
     # upstream with a private CA. Unset: the system store, or the bundle and
@@ -167,7 +167,8 @@ class ProviderConfig(_Strict):
     @classmethod
     def _transport_installed(cls, value: str) -> str:
         if value == "aiohttp" and importlib.util.find_spec("aiohttp") is None:
-            raise ValueError("'aiohttp' needs the aiohttp package: pip install 'axione-asgi[fast]'")
+            # A dependency of axione-asgi: missing only from an install without it (--no-deps).
+            raise ValueError("'aiohttp' needs the aiohttp package: pip install aiohttp")
         if value == "httptools" and importlib.util.find_spec("httptools") is None:
             raise ValueError("'httptools' needs the httptools package: pip install httptools")
         return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,36 @@ def test_provider_name_with_a_slash_is_a_config_error() -> None:
 def test_negative_timeout_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="timeout_s"):
         load(tmp_path, '[providers.o]\nkind = "openai"\ntimeout_s = -1\n')
+
+
+# -- the upstream client ------------------------------------------------------------------
+
+
+def test_transport_is_auto_unless_one_is_named(tmp_path: Path) -> None:
+    text = '[providers.a]\nkind = "openai"\n\n[providers.b]\nkind = "openai"\n'
+    config = load(tmp_path, text + 'transport = "httptools"\n')
+    assert config.providers["a"].transport == "auto"
+    assert config.providers["b"].transport == "httptools"
+
+
+def test_unknown_transport_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="transport"):
+        load(tmp_path, '[providers.o]\nkind = "openai"\ntransport = "requests"\n')
+
+
+@pytest.mark.parametrize("package", ["aiohttp", "httptools"])
+def test_a_transport_whose_package_is_missing_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, package: str
+) -> None:
+    # Refused at start-up, naming the package, rather than failing on the first request.
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == package else find_spec(name, *a),
+    )
+    with pytest.raises(ConfigError, match=f"pip install {package}"):
+        load(tmp_path, f'[providers.o]\nkind = "openai"\ntransport = "{package}"\n')
 
 
 # -- the embedded default ------------------------------------------------------------------

@@ -1,10 +1,15 @@
-"""MistralProvider: fields Mistral rejects are dropped or renamed (SPEC section 8)."""
+"""MistralProvider: fields Mistral rejects are dropped or renamed (SPEC section 8).
+
+Every test on the `upstream` fixture (itself or through a provider fixture)
+runs once per upstream client: in-process httpx, and httpx, aiohttp and
+httptools over a real socket (tests/served_fakes.py).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
-import httpx
 import httpx2
 import openai
 import pytest
@@ -16,13 +21,15 @@ from axione_asgi.openai_types import ChatCompletionRequest
 from axione_asgi.providers.openai import MistralProvider, OpenAIProvider
 from axione_asgi.stores import MemoryKeyStore
 from tests.fakes.openai_fake import FAKE_OPENAI_KEY, FakeOpenAI
+from tests.served_fakes import Upstream, served_fakes, upstream
+
+__all__ = ["served_fakes", "upstream"]  # fixtures used here
 
 pytestmark = pytest.mark.anyio
 
 USER = [{"role": "user", "content": "bonjour le monde"}]
-CONFIG = ProviderConfig(
-    kind="mistral", base_url="http://mistral/v1", models={"mistral-large": "mistral-large-latest"}
-)
+MODELS = {"mistral-large": "mistral-large-latest"}
+P = TypeVar("P", bound=OpenAIProvider)
 
 
 def request(**fields: object) -> ChatCompletionRequest:
@@ -36,11 +43,21 @@ def fake() -> FakeOpenAI:
     return FakeOpenAI(flavor="mistral")
 
 
-@pytest.fixture
-async def mistral(fake: FakeOpenAI) -> AsyncIterator[MistralProvider]:
-    provider = MistralProvider(
-        "mistral", CONFIG, api_key=FAKE_OPENAI_KEY, transport=httpx.ASGITransport(app=fake)
+def make_provider(upstream: Upstream, fake: FakeOpenAI, cls: type[P]) -> P:
+    """A `cls` provider on `fake`, through the client `upstream` names (tests/served_fakes.py)."""
+    link = upstream.link(fake, "http://mistral/v1")
+    config = ProviderConfig(
+        kind="mistral",
+        base_url=link.base_url,
+        transport=link.transport,
+        models=MODELS,
     )
+    return cls("mistral", config, api_key=FAKE_OPENAI_KEY, transport=link.asgi)
+
+
+@pytest.fixture
+async def mistral(upstream: Upstream, fake: FakeOpenAI) -> AsyncIterator[MistralProvider]:
+    provider = make_provider(upstream, fake, MistralProvider)
     await provider.open()
     yield provider
     await provider.aclose()
@@ -94,11 +111,11 @@ async def test_stream_sends_no_stream_options(mistral: MistralProvider, fake: Fa
     assert any(c.usage is not None for c in chunks)
 
 
-async def test_the_fake_rejects_unfiltered_openai_fields_like_mistral(fake: FakeOpenAI) -> None:
+async def test_the_fake_rejects_unfiltered_openai_fields_like_mistral(
+    upstream: Upstream, fake: FakeOpenAI
+) -> None:
     # Why the filter exists: the same request sent unfiltered is refused.
-    provider = OpenAIProvider(
-        "mistral", CONFIG, api_key=FAKE_OPENAI_KEY, transport=httpx.ASGITransport(app=fake)
-    )
+    provider = make_provider(upstream, fake, OpenAIProvider)
     await provider.open()
     with pytest.raises(InvalidRequest):
         await provider.chat(request(seed=1), "mistral-large")
@@ -109,10 +126,8 @@ async def test_the_fake_rejects_unfiltered_openai_fields_like_mistral(fake: Fake
 
 
 @pytest.fixture
-async def sdk(fake: FakeOpenAI) -> AsyncIterator[openai.AsyncOpenAI]:
-    provider = MistralProvider(
-        "mistral", CONFIG, api_key=FAKE_OPENAI_KEY, transport=httpx.ASGITransport(app=fake)
-    )
+async def sdk(upstream: Upstream, fake: FakeOpenAI) -> AsyncIterator[openai.AsyncOpenAI]:
+    provider = make_provider(upstream, fake, MistralProvider)
     store = MemoryKeyStore()
     _, key = await store.create("mistral")
     app = create_app(

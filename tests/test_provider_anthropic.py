@@ -1,4 +1,9 @@
-"""AnthropicProvider against the strict fake: translation both ways, streaming, errors."""
+"""AnthropicProvider against the strict fake: translation both ways, streaming, errors.
+
+Every test on the `upstream` fixture (itself or through a provider fixture)
+runs once per upstream client: in-process httpx, and httpx, aiohttp and
+httptools over a real socket (tests/served_fakes.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 from axione_asgi.config import ProviderConfig
@@ -21,6 +25,9 @@ from axione_asgi.errors import (
 from axione_asgi.openai_types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from axione_asgi.providers.anthropic import AnthropicProvider
 from tests.fakes.anthropic_fake import FAKE_API_KEY, FakeAnthropic
+from tests.served_fakes import Upstream, served_fakes, upstream
+
+__all__ = ["served_fakes", "upstream"]  # fixtures used here
 
 MODEL = "claude-3.5-sonnet"
 UPSTREAM_MODEL = "claude-3-5-sonnet-latest"
@@ -54,21 +61,26 @@ def fake() -> FakeAnthropic:
     return FakeAnthropic(cache_creation_input_tokens=7, cache_read_input_tokens=11)
 
 
-def make_provider(fake: FakeAnthropic, api_key: str = FAKE_API_KEY) -> AnthropicProvider:
+def make_provider(
+    upstream: Upstream, fake: FakeAnthropic, api_key: str = FAKE_API_KEY
+) -> AnthropicProvider:
+    link = upstream.link(fake, "http://anthropic.test")
     config = ProviderConfig(
         kind="anthropic",
-        base_url="http://anthropic.test",
+        base_url=link.base_url,
+        transport=link.transport,
         models={MODEL: UPSTREAM_MODEL},
         default_max_tokens=321,
     )
-    return AnthropicProvider(
-        "anthropic", config, api_key=api_key, transport=httpx.ASGITransport(app=fake)
-    )
+    return AnthropicProvider("anthropic", config, api_key=api_key, transport=link.asgi)
 
 
 @pytest.fixture
-async def provider(fake: FakeAnthropic, anyio_backend: str) -> AsyncIterator[AnthropicProvider]:
-    provider = make_provider(fake)
+async def provider(
+    upstream: Upstream, fake: FakeAnthropic, anyio_backend: str
+) -> AsyncIterator[AnthropicProvider]:
+    # Every test through this fixture runs once per client (tests/served_fakes.py).
+    provider = make_provider(upstream, fake)
     await provider.open()
     yield provider
     await provider.aclose()
@@ -652,8 +664,10 @@ async def test_rate_limit_429_keeps_retry_after(
 
 
 @pytest.mark.anyio
-async def test_rejected_key_maps_to_502_upstream_auth_failed(fake: FakeAnthropic) -> None:
-    provider = make_provider(fake, api_key="sk-ant-api03-wrong-key-000000")
+async def test_rejected_key_maps_to_502_upstream_auth_failed(
+    upstream: Upstream, fake: FakeAnthropic
+) -> None:
+    provider = make_provider(upstream, fake, api_key="sk-ant-api03-wrong-key-000000")
     await provider.open()
     try:
         with pytest.raises(UpstreamError) as caught:

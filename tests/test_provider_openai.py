@@ -1,11 +1,15 @@
-"""OpenAIProvider against the fake OpenAI upstream, and the fake itself checked by the SDK."""
+"""OpenAIProvider against the fake OpenAI upstream, and the fake itself checked by the SDK.
+
+Every test on the `upstream` fixture (itself or through a provider fixture)
+runs once per upstream client: in-process httpx, and httpx, aiohttp and
+httptools over a real socket (tests/served_fakes.py).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
 
-import httpx
 import httpx2
 import openai
 import pytest
@@ -21,10 +25,15 @@ from axione_asgi.errors import (
 from axione_asgi.openai_types import ChatCompletionRequest
 from axione_asgi.providers.openai import OpenAIProvider
 from tests.fakes.openai_fake import FAKE_OPENAI_KEY, FakeOpenAI
+from tests.served_fakes import CLIENTS, Upstream, served_fakes, upstream
+
+__all__ = ["served_fakes", "upstream"]  # fixtures used here
 
 pytestmark = pytest.mark.anyio
 
 USER = [{"role": "user", "content": "ping pong"}]
+# For the tests that send nothing upstream: the in-process client, no server.
+IN_PROCESS = Upstream("asgi", None)
 
 
 def request(**fields: object) -> ChatCompletionRequest:
@@ -34,16 +43,20 @@ def request(**fields: object) -> ChatCompletionRequest:
 
 
 def make_provider(
-    fake: FakeOpenAI, *, kind: str = "openai", api_key: str | None = FAKE_OPENAI_KEY
+    upstream: Upstream,
+    fake: FakeOpenAI,
+    *,
+    kind: str = "openai",
+    api_key: str | None = FAKE_OPENAI_KEY,
 ) -> OpenAIProvider:
+    link = upstream.link(fake, "http://fake/v1")
     config = ProviderConfig(
         kind=kind,  # type: ignore[arg-type]
-        base_url="http://fake/v1",
+        base_url=link.base_url,
+        transport=link.transport,
         models={"gpt-4o": "gpt-4o-2024-08-06"},
     )
-    return OpenAIProvider(
-        "openai", config, api_key=api_key, transport=httpx.ASGITransport(app=fake)
-    )
+    return OpenAIProvider("openai", config, api_key=api_key, transport=link.asgi)
 
 
 @pytest.fixture
@@ -52,8 +65,9 @@ def fake() -> FakeOpenAI:
 
 
 @pytest.fixture
-async def provider(fake: FakeOpenAI) -> AsyncIterator[OpenAIProvider]:
-    p = make_provider(fake)
+async def provider(upstream: Upstream, fake: FakeOpenAI) -> AsyncIterator[OpenAIProvider]:
+    # Every test through this fixture runs once per client (tests/served_fakes.py).
+    p = make_provider(upstream, fake)
     await p.open()
     yield p
     await p.aclose()
@@ -199,8 +213,8 @@ async def test_stream_always_asks_for_usage_and_ends_with_it(
     assert text == "ping pong"
 
 
-async def test_upstream_401_is_upstream_auth_failed(fake: FakeOpenAI) -> None:
-    provider = make_provider(fake, api_key="sk-not-the-right-one-123456")
+async def test_upstream_401_is_upstream_auth_failed(upstream: Upstream, fake: FakeOpenAI) -> None:
+    provider = make_provider(upstream, fake, api_key="sk-not-the-right-one-123456")
     await provider.open()
     with pytest.raises(UpstreamError) as info:
         await provider.chat(request(), "gpt-4o")
@@ -264,18 +278,22 @@ async def test_unknown_public_model_is_not_found(provider: OpenAIProvider) -> No
         await provider.chat(request(), "gpt-9")
 
 
-async def test_openai_kind_without_a_key_is_provider_unavailable(fake: FakeOpenAI) -> None:
-    provider = make_provider(fake, api_key=None)
+async def test_openai_kind_without_a_key_is_provider_unavailable(
+    upstream: Upstream, fake: FakeOpenAI
+) -> None:
+    provider = make_provider(upstream, fake, api_key=None)
     await provider.open()
     with pytest.raises(ProviderUnavailable):
         await provider.chat(request(), "gpt-4o")
     await provider.aclose()
 
 
-async def test_openai_compatible_kind_works_without_a_key(fake: FakeOpenAI) -> None:
+async def test_openai_compatible_kind_works_without_a_key(
+    upstream: Upstream, fake: FakeOpenAI
+) -> None:
     # A local server (vLLM, Ollama) takes no key: the fake then answers 401 only
     # because the header is absent, which proves none was sent.
-    provider = make_provider(fake, kind="openai-compatible", api_key=None)
+    provider = make_provider(upstream, fake, kind="openai-compatible", api_key=None)
     await provider.open()
     with pytest.raises(UpstreamError) as info:
         await provider.chat(request(), "gpt-4o")
@@ -286,11 +304,11 @@ async def test_openai_compatible_kind_works_without_a_key(fake: FakeOpenAI) -> N
 
 async def test_calls_before_open_are_provider_unavailable(fake: FakeOpenAI) -> None:
     with pytest.raises(ProviderUnavailable):
-        await make_provider(fake).chat(request(), "gpt-4o")
+        await make_provider(IN_PROCESS, fake).chat(request(), "gpt-4o")
 
 
-async def test_open_twice_keeps_one_pooled_client(fake: FakeOpenAI) -> None:
-    provider = make_provider(fake)
+async def test_open_twice_keeps_one_pooled_client(upstream: Upstream, fake: FakeOpenAI) -> None:
+    provider = make_provider(upstream, fake)
     await provider.open()
     first = provider.client
     await provider.open()
@@ -298,3 +316,55 @@ async def test_open_twice_keeps_one_pooled_client(fake: FakeOpenAI) -> None:
     await provider.aclose()
     with pytest.raises(ProviderUnavailable):
         _ = provider.client
+
+
+# -- over a real socket only: what in-process httpx cannot show ---------------------------
+
+# In process, an exception in the fake reaches the test as itself; over a socket
+# it is what a real upstream does: uvicorn drops the connection mid-body.
+SOCKET_CLIENTS = pytest.mark.parametrize("upstream", CLIENTS[1:], indirect=True)
+
+
+@SOCKET_CLIENTS
+async def test_connection_cut_mid_stream_raises_upstream_error_then_the_pool_recovers(
+    provider: OpenAIProvider, fake: FakeOpenAI
+) -> None:
+    fake.cut_stream_after = 1
+    received = []
+    with pytest.raises(UpstreamError) as info:
+        async for chunk in provider.stream(request(stream=True), "gpt-4o"):
+            received.append(chunk)
+    assert info.value.status == 502
+    assert len(received) == 1  # what came before the cut was passed on
+    # The broken connection is not pooled: the next call gets a sound one.
+    fake.cut_stream_after = None
+    completion = await provider.chat(request(), "gpt-4o")
+    assert completion.choices[0].message.content == "ping pong"
+
+
+@SOCKET_CLIENTS
+async def test_calls_in_a_row_share_the_pool(provider: OpenAIProvider, fake: FakeOpenAI) -> None:
+    # Whole answers and streams alternate on kept-alive connections: each
+    # answer is read to its end and no byte of one leaks into the next.
+    for n in range(3):
+        completion = await provider.chat(request(), "gpt-4o")
+        assert completion.choices[0].message.content == "ping pong"
+        chunks = [c async for c in provider.stream(request(stream=True), "gpt-4o")]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+            "ping pong"
+        )
+        assert len(fake.requests) == 2 * (n + 1)
+
+
+async def test_a_long_answer_in_many_scripts_arrives_whole(
+    provider: OpenAIProvider, fake: FakeOpenAI
+) -> None:
+    # Large enough that the client reads it in many socket reads, cut anywhere
+    # (inside an event, inside a multi-byte character): every byte must survive.
+    text = " ".join(f"mot{n} été 日本語 ✓" for n in range(1500))
+    long = request(messages=[{"role": "user", "content": text}])
+    completion = await provider.chat(long, "gpt-4o")
+    assert completion.choices[0].message.content == text
+    chunks = [c async for c in provider.stream(long.model_copy(update={"stream": True}), "gpt-4o")]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert chunks[-1].usage is not None

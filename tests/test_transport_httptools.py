@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from axione_asgi import transports
 from axione_asgi.transports import (
     UpstreamConnectError,
     UpstreamTimeoutError,
@@ -33,6 +34,7 @@ from axione_asgi.transports import (
     open_upstream,
 )
 from axione_asgi.transports import httptools_client as httptools_module
+from axione_asgi.transports.aiohttp_client import AiohttpUpstream
 from axione_asgi.transports.httptools_client import HttptoolsUpstream
 from axione_asgi.transports.httpx_client import HttpxUpstream
 
@@ -777,12 +779,20 @@ def test_auto_transport_is_httpx_when_a_proxy_is_set(variable: str) -> None:
     assert auto_transport({variable: "http://proxy.internal:3128"}) == "httpx"
 
 
-def test_auto_transport_is_httptools_without_a_proxy() -> None:
-    assert auto_transport({"PATH": "/usr/bin"}) == "httptools"
+def test_auto_transport_is_aiohttp_without_a_proxy() -> None:
+    # httptools is installed here (uvicorn[standard]) and still not chosen: it is opt-in.
+    assert auto_transport({"PATH": "/usr/bin"}) == "aiohttp"
 
 
 def test_auto_transport_ignores_an_empty_proxy_variable() -> None:
-    assert auto_transport({"HTTPS_PROXY": ""}) == "httptools"
+    assert auto_transport({"HTTPS_PROXY": ""}) == "aiohttp"
+
+
+def test_auto_transport_is_httpx_where_aiohttp_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transports, "aiohttp_available", lambda: False)
+    assert auto_transport({"PATH": "/usr/bin"}) == "httpx"
 
 
 OPTIONS = {
@@ -811,14 +821,32 @@ async def test_open_upstream_httptools_is_the_httptools_client() -> None:
         await client.aclose()
 
 
-async def test_open_upstream_auto_without_a_proxy_is_the_httptools_client(
+async def test_open_upstream_auto_without_a_proxy_is_the_aiohttp_client(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+    for name in (
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     client = open_upstream("auto", **OPTIONS)  # type: ignore[arg-type]
     try:
-        assert isinstance(client, HttptoolsUpstream)
+        assert isinstance(client, AiohttpUpstream)
+    finally:
+        await client.aclose()
+
+
+async def test_open_upstream_auto_with_a_proxy_is_the_httpx_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    client = open_upstream("auto", **OPTIONS)  # type: ignore[arg-type]
+    try:
+        assert isinstance(client, HttpxUpstream)
     finally:
         await client.aclose()
 

@@ -1,4 +1,4 @@
-"""Both upstream transports (httpx's own pool, aiohttp) behave the same through the gateway."""
+"""Every upstream client that ships (httpx, aiohttp, httptools), the same through the gateway."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 
 __all__ = ["served_upstreams", "upstreams", "witness"]  # fixtures used here
 
-TRANSPORTS = pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+TRANSPORTS = pytest.mark.parametrize("transport", ["httpx", "aiohttp", "httptools"])
 
 
 def _providers(url: str, transport: str, **extra: object) -> dict[str, dict[str, object]]:

@@ -1,4 +1,4 @@
-"""The aiohttp upstream client (the `fast` extra).
+"""The aiohttp upstream client: the default (`transport = "auto"` without a proxy).
 
 httpcore's pool checks every idle connection on every request and runs each
 read through anyio, and httpx builds several objects per call; measured here

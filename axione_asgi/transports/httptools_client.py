@@ -9,6 +9,10 @@ the request head is prepared once per path, the answer is parsed straight
 from `data_received`, and a connection goes back to the pool when its answer
 is complete.
 
+It is used only when a provider asks for it (`transport = "httptools"`):
+the default is aiohttp, a well-kept client, and this one is the opt-in for
+the last bit of CPU per request.
+
 What it does not do, by design: proxies, redirects, cookies, compression
 (it asks for `Accept-Encoding: identity`), HTTP/2. Choose
 `transport = "aiohttp"` or `"httpx"` for an upstream that needs them.

@@ -1,4 +1,7 @@
-"""The httpx upstream client: the default, and the one that takes any httpx transport.
+"""The httpx upstream client: the one that honours a proxy, and takes any httpx transport.
+
+`transport = "auto"` chooses it when a proxy is set in the environment
+(`HTTPS_PROXY` and the like), or when aiohttp is not installed.
 
 It never follows redirects (`follow_redirects=False`, httpx's default, said
 here so that no change of default can make it): a redirect to another origin
