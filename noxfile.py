@@ -73,6 +73,27 @@ def bench_smoke(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_stacks(session: nox.Session) -> None:
+    """Chat at 1/16/64/256 connections on memory/SQLite and on Redis + PostgreSQL, side by side.
+
+    Needs Redis on 127.0.0.1:6379 (flushes db 10) and PostgreSQL on 127.0.0.1:5432 (its own
+    schemas `axione_bench_*` in database `test`); never in CI. docs/benchmarks.md.
+    """
+    session.install("-e", ".[bench,redis,postgres]")
+    session.run(
+        "python",
+        "benchmarks/run.py",
+        "--axione-stacks",
+        "memory,redis-postgres",
+        "--scenarios",
+        "chat_c1,chat_c16,chat_c64,chat_c256",
+        "--duration",
+        "10",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
 def schemathesis(session: nox.Session) -> None:
     """Schemathesis against a live `axione serve` (~1 minute): no 500s, no schema violations."""
     session.install("-e", ".[test,redis]", "schemathesis")
@@ -88,6 +109,18 @@ def schemathesis(session: nox.Session) -> None:
         "examples,fuzzing,stateful",
         *session.posargs,
     )
+
+
+@nox.session(python=PYTHON)
+def cluster(session: nox.Session) -> None:
+    """Two hosts (network namespaces) behind HAProxy, one Redis, one PostgreSQL, with faults.
+
+    Needs root, haproxy, redis-server and the PostgreSQL server binaries; starts its own
+    Redis and PostgreSQL (never the machine's). About 2 minutes; not in CI (tests/test_cluster.py
+    is its reduced version there). `nox -s cluster -- --scenarios exact,revoke`. docs/cluster.md.
+    """
+    session.install("-e", ".[test,redis,postgres]")
+    session.run("python", "benchmarks/cluster.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

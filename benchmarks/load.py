@@ -156,6 +156,9 @@ class LoadResult:
     mean_ms: float
     max_ms: float
     driver_cpu_s: float
+    # Of `errors`: the answers that came with a status of 400 or more (the rest
+    # are connection errors and timeouts). `requests - non_2xx` were answered 2xx.
+    non_2xx: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -234,6 +237,7 @@ def run_wrk(
         mean_ms=data["mean_us"] / 1000,
         max_ms=data["max_us"] / 1000,
         driver_cpu_s=cpu,
+        non_2xx=data["status"],
     )
 
 
@@ -324,10 +328,11 @@ async def _drive(request: Request, connections: int, duration_s: float) -> dict[
     host, port = request.host_port
     latencies: list[float] = []
     errors = 0
+    non_2xx = 0
     deadline = 0.0
 
     async def worker() -> None:
-        nonlocal errors
+        nonlocal errors, non_2xx
         conn: _Conn | None = None
         while time.perf_counter() < deadline:
             try:
@@ -338,6 +343,7 @@ async def _drive(request: Request, connections: int, duration_s: float) -> dict[
                 latencies.append(time.perf_counter() - started)
                 if status >= 400:
                     errors += 1
+                    non_2xx += 1
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 errors += 1
                 conn = None
@@ -368,6 +374,7 @@ async def _drive(request: Request, connections: int, duration_s: float) -> dict[
         "mean_ms": (statistics.fmean(latencies) * 1000) if latencies else 0.0,
         "max_ms": (latencies[-1] * 1000) if latencies else 0.0,
         "driver_cpu_s": usage.ru_utime + usage.ru_stime,
+        "non_2xx": non_2xx,
     }
 
 

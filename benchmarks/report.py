@@ -8,6 +8,10 @@ from typing import Any
 ORDER = [
     "direct",
     "axione",
+    "axione-memory",
+    "axione-redis-postgres",
+    "axione-redis-sqlite",
+    "axione-memory-postgres",
     "axione-httptools",
     "axione-aiohttp",
     "axione-httpx",
@@ -113,7 +117,7 @@ def checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     # With several transports measured, the targets are checked on the default one.
     present = results.get("targets", {})
     # The default transport's row first: "axione" (auto), then httptools (what auto picks).
-    names = ("axione", "axione-httptools", "axione-aiohttp", "axione-httpx")
+    names = ("axione", "axione-memory", "axione-httptools", "axione-aiohttp", "axione-httpx")
     g = next((n for n in names if n in present), "axione")
     for conns in ("c16", "c64"):
         rps = _get(results, g, "scenarios", f"chat_{conns}", "rps")
@@ -237,6 +241,190 @@ def checks_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# A stack's CPU per request may be at most this many times the memory stack's (issue 15).
+STACK_CPU_RATIO_GOAL = 1.3
+
+
+def _stack_targets(results: dict[str, Any]) -> list[str]:
+    return [n for n in _names(results) if results["targets"][n].get("stack")]
+
+
+def _memory_twin(results: dict[str, Any], name: str) -> str | None:
+    """The target that differs from `name` only in running on the memory stack."""
+    stack = results["targets"][name]["stack"]
+    if stack == "memory" or not name.endswith("-" + stack):
+        return None
+    twin = name.removesuffix(stack) + "memory"
+    return twin if twin in results["targets"] else None
+
+
+def _stack_scenarios(results: dict[str, Any], names: list[str]) -> list[str]:
+    order = results["meta"].get("scenarios") or []
+    seen = {sc for n in names for sc in results["targets"][n].get("scenarios", {})}
+    return [sc for sc in order if sc in seen] + sorted(seen - set(order))
+
+
+def stacks_table(results: dict[str, Any]) -> str:
+    """Per scenario and stack: throughput, latency, errors, CPU per request."""
+    names = _stack_targets(results)
+    lines = [
+        "| scenario | target | RPS | p50 ms | p90 ms | p99 ms | errors | non-2xx | "
+        "conn. errors | CPU ms/req | store servers' CPU ms/req | Redis round trips/req "
+        "| new Redis conns | EVALSHA/req | Redis commands/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for sc in _stack_scenarios(results, names):
+        for name in names:
+            row = results["targets"][name].get("scenarios", {}).get(sc)
+            if row is None:
+                continue
+            errors = row["errors"]
+            lines.append(
+                f"| {sc} | {name} | {row['rps']:,.0f} | {row['p50_ms']:.2f} | "
+                f"{row['p90_ms']:.2f} | {row['p99_ms']:.2f} | "
+                + (f"**{errors}**" if errors else "0")
+                + f" | {row.get('non_2xx', 'n/a')} | {row.get('connection_errors', 'n/a')} | "
+                f"{row['cpu_ms_per_req']:.3f} | "
+                f"{_fmt(row.get('store_servers_cpu_ms_per_req'), '.3f')} | "
+                f"{_fmt(row.get('redis_round_trips_per_req'), '.3f')} | "
+                f"{row.get('redis_new_connections', 'n/a')} | "
+                f"{_fmt(row.get('redis_evalsha_per_req'), '.2f')} | "
+                f"{_fmt(row.get('redis_commands_per_req'), '.2f')} |"
+            )
+    return "\n".join(lines)
+
+
+def stack_checks(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """Issue 15's figures: no errors on any stack, CPU per request against memory's."""
+    out: list[tuple[str, str, str, bool | None]] = []
+    names = _stack_targets(results)
+    for name in names:
+        rows = results["targets"][name].get("scenarios", {})
+        errors = sum(r["errors"] for r in rows.values())
+        out.append((f"errors, {name}, all scenarios", str(errors), "0", errors == 0))
+    for name in names:
+        twin = _memory_twin(results, name)
+        if twin is None:
+            continue
+        stack = results["targets"][name]["stack"]
+        for sc in _stack_scenarios(results, [name, twin]):
+            a = _get(results, name, "scenarios", sc, "cpu_ms_per_req")
+            b = _get(results, twin, "scenarios", sc, "cpu_ms_per_req")
+            value = a / b if a is not None and b else None
+            out.append(
+                (
+                    f"CPU per request, {stack} / memory ({sc})",
+                    _fmt(value, ".3f"),
+                    f"<= {STACK_CPU_RATIO_GOAL:.2f}",
+                    None if value is None else value <= STACK_CPU_RATIO_GOAL,
+                )
+            )
+            a = _get(results, name, "scenarios", sc, "rps")
+            b = _get(results, twin, "scenarios", sc, "rps")
+            value = a / b if a is not None and b else None
+            out.append((f"RPS, {stack} / memory ({sc})", _fmt(value, ".2f"), "for reference", None))
+    for name in names:
+        if not results["targets"][name].get("stack_stores", {}).get("redis"):
+            continue
+        for sc in _stack_scenarios(results, [name]):
+            trips = _get(results, name, "scenarios", sc, "redis_round_trips_per_req")
+            out.append(
+                (
+                    f"Redis round trips per request, {name} ({sc})",
+                    _fmt(trips, ".3f"),
+                    "<= 1.01",
+                    None if trips is None else trips <= 1.01,
+                )
+            )
+    for name in names:
+        check = results["targets"][name].get("ledger_check")
+        if check is not None:
+            ok = check["verdict"] in ("exact", "within in-flight bound")
+            out.append((f"ledger rows = answers, {name}", check["verdict"], "exact", ok))
+    return out
+
+
+def ledger_table(results: dict[str, Any]) -> str:
+    lines = [
+        "| target | load driver's 2xx | ledger rows of the load runs | by status | "
+        "in-flight bound | harness's own 200s | their rows | other rows | waited s | "
+        "rows total / after stop | verdict |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in _stack_targets(results):
+        c = results["targets"][name].get("ledger_check")
+        if c is None:
+            continue
+        by_status = ", ".join(f"{k}: {v:,}" for k, v in c["load_rows_by_status"].items())
+        verdict = c["verdict"] if c["verdict"] == "exact" else f"**{c['verdict']}**"
+        lines.append(
+            f"| {name} | {c['driver_2xx']:,} | {c['load_rows']:,} | {by_status or '-'} | "
+            f"{c['in_flight_bound']:,} | {c['harness_200']:,} | {c['harness_rows']:,} | "
+            f"{c['other_session_rows']:,} | {c['waited_s']:.2f} | "
+            f"{c['rows_total']:,} / {c.get('rows_after_stop', 'n/a')} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def _handshake(results: dict[str, Any]) -> str:
+    return str(results["meta"].get("stores", {}).get("redis_handshake_writes", "n/a"))
+
+
+def stacks_section(results: dict[str, Any]) -> list[str]:
+    if not _stack_targets(results):
+        return []
+    lines = ["| check (issue 15) | measured | goal | met |", "|---|---:|---:|:---:|"]
+    for what, value, goal, met in stack_checks(results):
+        mark = "n/a" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {what} | {value} | {goal} | {mark} |")
+    return [
+        "",
+        "## Storage stacks (ratios within this run)",
+        "",
+        "Each stack is one Axione target; the gateway's CPU per request is its own "
+        "process tree's. The store servers' CPU (the machine's Redis and PostgreSQL, "
+        "shared with whatever else uses them meanwhile) is apart, for reference. "
+        "Redis round trips per request are the TCP data segments the gateway sent to Redis "
+        "(`ss -ti`), less a new connection's handshake (HELLO, CLIENT ..., SELECT: "
+        f"{_handshake(results)} writes) for each one it opened meanwhile "
+        "(new Redis conns, summed over rounds). EVALSHA and commands per request are the Redis "
+        "server's (`INFO commandstats`, the commands a script runs included, anyone "
+        "else's on the server too: on the memory stack they show what else ran).",
+        "",
+        stacks_table(results),
+        "",
+        "\n".join(lines),
+        "",
+        "### Ledger rows against answers",
+        "",
+        "Each load run's requests carry a `session-id` of their own, kept in the ledger: "
+        "its rows (any status) are counted against the 2xx answers the load driver "
+        "counted, after waiting for the ledger writer's flush. wrk stops with requests "
+        "in flight, which the gateway may still finish and record (up to its connections "
+        "per run: the in-flight bound); the asyncio driver finishes all it sent (bound 0). "
+        "The harness's own requests (the start-up probe, the answer checks, TTFE) have "
+        "no session.",
+        "",
+        ledger_table(results),
+        *_log_lines(results),
+    ]
+
+
+def _log_lines(results: dict[str, Any]) -> list[str]:
+    out = []
+    for name in _stack_targets(results):
+        logged = results["targets"][name].get("log_problems") or {}
+        if logged.get("lines"):
+            out.append(
+                f"- {name} logged {logged['lines']} lines besides its access log "
+                f"({logged['tracebacks']} tracebacks), first: "
+                + "; ".join(f"`{ln[:200]}`" for ln in logged["first"][:3])
+            )
+        else:
+            out.append(f"- {name} logged nothing besides its access log")
+    return ["", "### Gateway logs", "", *out]
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
@@ -252,6 +440,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Versions: {versions}.",
         "",
         main_table(results),
+        *stacks_section(results),
         "",
         "## Against the issue's targets (ratios within this run)",
         "",
@@ -296,6 +485,8 @@ def chart(results: dict[str, Any], path: Path) -> str:
     colors = {
         "direct": "#999999",
         "axione": "#2a7ab9",
+        "axione-memory": "#2a7ab9",
+        "axione-redis-postgres": "#b92a5b",
         "axione-httptools": "#2a7ab9",
         "axione-aiohttp": "#5b9bd0",
         "axione-httpx": "#7fb2dd",

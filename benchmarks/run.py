@@ -3,6 +3,8 @@
     python benchmarks/run.py                          # direct + axione, 10 s a scenario
     python benchmarks/run.py --peers litellm,portkey  # side by side with the peers
     python benchmarks/run.py --smoke                  # ~5 s: the harness works
+    python benchmarks/run.py --axione-stacks memory,redis-postgres --scenarios chat_c16
+                                                      # Axione on shared stores, side by side
 
 Chat completions go to every target; Anthropic Messages requests (`/messages`)
 to those that serve them: `direct` (the fake upstream answers them itself) and
@@ -13,6 +15,12 @@ them into chat completions to the same fake (the same upstream work as chat's).
 The gateway under test runs pinned to core 0 (`taskset -c 0`); the fake
 upstream, the load driver (wrk, else the asyncio driver in load.py) and this
 script share core 1. Writes benchmarks/results/<timestamp>.{json,md,png}.
+
+With `--axione-stacks`, Axione runs once per storage stack (targets.STACKS:
+`axione-memory`, `axione-redis-postgres`, ...) in the same run; each load run's
+requests then carry a `session-id` header naming the run, which Axione keeps in
+its ledger, and after the load the harness counts each stack's ledger rows
+(SQLite or PostgreSQL) against the answers the load driver got.
 docs/benchmarks.md tells how to read the figures and install the peers.
 """
 
@@ -270,6 +278,11 @@ class Live:
         self.messages_firsts: list[float] = []
         self.messages_stream_totals: list[float] = []
         self.messages_ttfe_failures = 0
+        # A target on a storage stack: each load run by its `session-id` tag, as
+        # (answered 2xx, connections, driver), to count against its ledger's rows;
+        # and the 200s of the harness's own untagged requests (checks, TTFE).
+        self.tagged: dict[str, tuple[int, int, str]] = {}
+        self.untagged_ok = 0
 
 
 def prepare(
@@ -292,6 +305,14 @@ def prepare(
             live.out["startup_s"] = args.upstream_startup_s
         check_answers(target)
         live.out["notes"] = target.notes  # check_answers may have added to them
+        # The first 200 polled for, then check_answers' chat and stream, its
+        # message and Messages stream, its Responses stream.
+        live.untagged_ok = (
+            (1 if target.command is not None else 0)
+            + 2
+            + (2 if target.messages_headers is not None else 0)
+            + (1 if target.responses else 0)
+        )
         time.sleep(args.settle)
         live.out["rss_idle_mb"] = live.tree.rss_mb()
         print(
@@ -305,6 +326,19 @@ def prepare(
         raise
 
 
+def tag_request(live: Live, request: load.Request, tag: str) -> load.Request:
+    """On a storage stack, `request` with a `session-id` that Axione keeps in its
+    ledger (`session_id`): this run's rows are counted apart from the others'."""
+    if live.target.stack is not None:
+        request.headers["session-id"] = tag
+    return request
+
+
+def record_tagged(live: Live, tag: str, result: load.LoadResult) -> None:
+    if live.target.stack is not None:
+        live.tagged[tag] = (result.requests - result.non_2xx, result.connections, result.tool)
+
+
 def load_once(
     live: Live,
     others: list[Live],
@@ -313,16 +347,53 @@ def load_once(
     seconds: float,
     args: argparse.Namespace,
     core: int | None,
+    *,
+    tag: str = "",
+    servers: list[load.ProcTree] | None = None,
+    stores: targets.SharedStores | None = None,
 ) -> dict[str, Any]:
-    """One load run against one target, with the CPU it and its neighbours used."""
+    """One load run against one target, with the CPU it and its neighbours used
+    (and, with `servers`, the Redis and PostgreSQL servers' CPU meanwhile; with
+    `stores`, the commands the Redis server ran)."""
     request = request_for(live.target, sc.shape, stream=sc.stream, cached=sc.cached, api=sc.api)
+    tag_request(live, request, tag)
+    servers = servers or []
     cpu0, up0 = live.tree.cpu_seconds(), upstream.cpu_seconds()
     idle0 = sum(o.tree.cpu_seconds() for o in others)
+    st0 = sum(t.cpu_seconds() for t in servers)
+    calls0 = stores.command_calls() if stores is not None else {}
+    port = stores.redis_port if stores is not None else 0
+    segs0 = targets.redis_segments(live.tree.pids(), port) if stores is not None else None
     result = load.run_load(request, sc.connections, seconds, core=core, tool=args.driver)
+    segs1 = targets.redis_segments(live.tree.pids(), port) if stores is not None else None
+    calls1 = stores.command_calls() if stores is not None else {}
     cpu1, up1 = live.tree.cpu_seconds(), upstream.cpu_seconds()
     idle1 = sum(o.tree.cpu_seconds() for o in others)
+    st1 = sum(t.cpu_seconds() for t in servers)
+    record_tagged(live, tag, result)
     row = result.as_dict()
     row["cpu_ms_per_req"] = (cpu1 - cpu0) * 1000 / max(result.requests, 1)
+    row["connection_errors"] = result.errors - result.non_2xx
+    if servers:
+        # Not the gateway's: Redis's and PostgreSQL's own work (and anyone else's on them).
+        row["store_servers_cpu_ms_per_req"] = (st1 - st0) * 1000 / max(result.requests, 1)
+    if stores is not None:
+        # The whole Redis server's commands: anyone else's on it meanwhile count too.
+        ran = {c: n - calls0.get(c, 0) for c, n in calls1.items() if n > calls0.get(c, 0)}
+        row["redis_commands_per_req"] = sum(ran.values()) / max(result.requests, 1)
+        row["redis_commands"] = dict(sorted(ran.items(), key=lambda kv: -kv[1]))
+        row["redis_evalsha_per_req"] = ran.get("evalsha", 0) / max(result.requests, 1)
+    if segs0 is not None and segs1 is not None:
+        # The gateway's own writes to Redis: its round trips, whatever else uses the
+        # server. A connection opened meanwhile first writes its handshake.
+        assert stores is not None
+        writes = sum(n - segs0.get(addr, 0) for addr, n in segs1.items())
+        opened = len(set(segs1) - set(segs0))
+        row["redis_writes_per_req"] = writes / max(result.requests, 1)
+        row["redis_new_connections"] = opened
+        row["redis_round_trips_per_req"] = (writes - stores.handshake * opened) / max(
+            result.requests, 1
+        )
     # For `direct` the "gateway" is the upstream itself.
     row["gateway_core_pct"] = 100 * (cpu1 - cpu0) / result.duration_s
     row["upstream_core_pct"] = 100 * (up1 - up0) / result.duration_s
@@ -339,7 +410,15 @@ def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in rows[0].items():
         values = [r[key] for r in rows]
-        if key in ("requests", "errors", "duration_s", "driver_cpu_s"):
+        if key in (
+            "requests",
+            "errors",
+            "non_2xx",
+            "connection_errors",
+            "duration_s",
+            "driver_cpu_s",
+            "redis_new_connections",
+        ):
             out[key] = sum(values)
         elif isinstance(value, int | float) and not isinstance(value, bool):
             out[key] = statistics.median(values)
@@ -373,6 +452,8 @@ def measure_all(
     args: argparse.Namespace,
     core: int | None,
     failures: dict[str, str],
+    servers: list[load.ProcTree] | None = None,
+    stores: targets.SharedStores | None = None,
 ) -> None:
     """Rounds of every scenario, targets interleaved, so that a burst of noise from
     elsewhere on the machine lands on all targets alike rather than on one."""
@@ -380,10 +461,11 @@ def measure_all(
     samples = max(1, args.ttfe_samples // args.rounds)
     if args.warmup > 0:
         for live in lives:
-            chat = request_for(live.target, CHAT, stream=False)
-            live.out["warmup_rps"] = load.run_load(
-                chat, 16, args.warmup, core=core, tool=args.driver
-            ).rps
+            tag = f"{live.name}/warmup"
+            chat = tag_request(live, request_for(live.target, CHAT, stream=False), tag)
+            warm = load.run_load(chat, 16, args.warmup, core=core, tool=args.driver)
+            record_tagged(live, tag, warm)
+            live.out["warmup_rps"] = warm.rps
     for rnd in range(args.rounds):
         print(f"round {rnd + 1}/{args.rounds}", flush=True)
         for sc in scenarios:
@@ -391,7 +473,18 @@ def measure_all(
             for live in [x for x in chosen if serves(x.target, sc)]:
                 others = [o for o in lives if o is not live]
                 try:
-                    row = load_once(live, others, upstream, sc, seconds, args, core)
+                    row = load_once(
+                        live,
+                        others,
+                        upstream,
+                        sc,
+                        seconds,
+                        args,
+                        core,
+                        tag=f"{live.name}/{sc.name}/r{rnd + 1}",
+                        servers=servers,
+                        stores=stores,
+                    )
                 except Exception as exc:
                     failures[live.name] = str(exc)[-3000:]
                     print(f"  {live.name} failed: {exc}", file=sys.stderr, flush=True)
@@ -407,9 +500,10 @@ def measure_all(
                     f"cpu {row['cpu_ms_per_req']:.3f} ms/req  errors {row['errors']}",
                     flush=True,
                 )
-        for live in lives:
+        for live in lives if args.ttfe else []:
             paced = request_for(live.target, PACED, stream=True)
             got = load.ttfe(paced, samples)
+            live.untagged_ok += got["samples"]
             live.firsts += got["firsts_ms"]
             live.stream_totals += got["totals_ms"]
             live.ttfe_failures += got["failures"]
@@ -418,6 +512,7 @@ def measure_all(
                 continue
             paced = request_for(live.target, MESSAGES_PACED, stream=True, api="messages")
             got = load.ttfe(paced, samples, end=load.MESSAGES_END)
+            live.untagged_ok += got["samples"]
             live.messages_firsts += got["firsts_ms"]
             live.messages_stream_totals += got["totals_ms"]
             live.messages_ttfe_failures += got["failures"]
@@ -426,12 +521,122 @@ def measure_all(
     for live in lives:
         for name, rows in live.out["rounds"].items():
             live.out["scenarios"][name] = _median_row(rows)
-        live.out["ttfe"] = _ttfe_summary(live.firsts, live.stream_totals, live.ttfe_failures)
-        if live.target.messages_headers is not None:
+        if args.ttfe:
+            live.out["ttfe"] = _ttfe_summary(live.firsts, live.stream_totals, live.ttfe_failures)
+        if args.ttfe and live.target.messages_headers is not None:
             live.out["ttfe_messages"] = _ttfe_summary(
                 live.messages_firsts, live.messages_stream_totals, live.messages_ttfe_failures
             )
         live.out["rss_after_mb"] = live.tree.rss_mb()
+
+
+def _routine(line: str) -> bool:
+    """An access-log line (Axione writes one a request whatever the log level) or the
+    start-up banner."""
+    return line.startswith("axione: serving on ") or (
+        " request_id=" in line and " method=" in line and " status=" in line
+    )
+
+
+def log_problems(target: targets.Target) -> dict[str, Any]:
+    """What the gateway logged besides its access lines (it runs with
+    `--log-level warning`): the count of lines and of tracebacks, the first lines."""
+    if target.log_path is None or not target.log_path.exists():
+        return {"lines": 0, "tracebacks": 0, "first": []}
+    lines = target.log_path.read_text(errors="replace").splitlines()
+    shown = [
+        ln for ln in lines if ln.strip() and not ln.startswith((" ", "\t")) and not _routine(ln)
+    ]
+    return {
+        "lines": len(shown),
+        "tracebacks": sum(1 for ln in lines if ln.startswith("Traceback")),
+        "first": list(dict.fromkeys(shown))[:8],
+    }
+
+
+def _ledger_tally(live: Live) -> dict[str, Any]:
+    """The target's ledger rows now: those of its load runs (by `session-id`) and the rest."""
+    assert live.target.ledger_uri is not None
+    rows = targets.ledger_rows(live.target.ledger_uri)
+    runs: dict[str, dict[int, int]] = {}
+    untagged: dict[int, int] = {}
+    strangers: dict[int, int] = {}
+    for (session, status), count in rows.items():
+        if session in live.tagged:
+            runs.setdefault(session, {})[status] = count
+        elif session is None:
+            untagged[status] = untagged.get(status, 0) + count
+        else:
+            strangers[status] = strangers.get(status, 0) + count
+    return {
+        "rows": sum(rows.values()),
+        "runs": runs,
+        "load_rows": sum(sum(by.values()) for by in runs.values()),
+        "untagged": untagged,
+        "strangers": strangers,
+    }
+
+
+def verify_ledger(live: Live, wait_s: float) -> dict[str, Any]:
+    """Ledger rows against the answers counted: each load run's rows (all statuses)
+    against the 2xx answers its driver counted, and the harness's own requests
+    (start-up probe, answer checks, TTFE samples) against their 200s.
+
+    The ledger writer flushes every 0.2 s off the request path: wait (at most
+    `wait_s`) until the rows are all there, then once more, so that any extra
+    ones show too. wrk stops with requests in flight, which the gateway may still
+    finish and record: up to its connection count more rows than answers a run;
+    the asyncio driver finishes every request it sent, so there it is exact.
+    """
+    expected_load = sum(n for n, _, _ in live.tagged.values())
+    started = time.monotonic()
+    tally = _ledger_tally(live)
+    while time.monotonic() - started < wait_s and (
+        tally["load_rows"] < expected_load or sum(tally["untagged"].values()) < live.untagged_ok
+    ):
+        time.sleep(0.25)
+        tally = _ledger_tally(live)
+    time.sleep(0.5)
+    tally = _ledger_tally(live)
+    waited = time.monotonic() - started
+    per_run: dict[str, dict[str, Any]] = {}
+    exact = within = True
+    for tag, (answered, connections, tool) in live.tagged.items():
+        by_status = tally["runs"].get(tag, {})
+        rows = sum(by_status.values())
+        bound = connections if tool == "wrk" else 0
+        exact = exact and rows == answered and set(by_status) <= {200}
+        within = within and 0 <= rows - answered <= bound
+        per_run[tag] = {
+            "driver_2xx": answered,
+            "rows": rows,
+            "rows_by_status": {str(k): v for k, v in sorted(by_status.items())},
+            "in_flight_bound": bound,
+        }
+    untagged_rows = sum(tally["untagged"].values())
+    harness_ok = untagged_rows == live.untagged_ok and not tally["strangers"]
+    verdict = "exact" if exact else ("within in-flight bound" if within else "MISMATCH")
+    if not harness_ok:
+        verdict += "; harness requests MISMATCH"
+    load_status: dict[int, int] = {}
+    for by in tally["runs"].values():
+        for status, count in by.items():
+            load_status[status] = load_status.get(status, 0) + count
+    return {
+        "ledger": live.target.ledger_uri,
+        "waited_s": round(waited, 2),
+        "driver_2xx": expected_load,
+        "load_rows": tally["load_rows"],
+        "load_rows_by_status": {str(k): v for k, v in sorted(load_status.items())},
+        "in_flight_bound": sum(r["in_flight_bound"] for r in per_run.values()),
+        "harness_200": live.untagged_ok,
+        "harness_rows": untagged_rows,
+        "harness_rows_by_status": {str(k): v for k, v in sorted(tally["untagged"].items())},
+        "other_session_rows": sum(tally["strangers"].values()),
+        "rows_total": tally["rows"],
+        "verdict": verdict,
+        "runs": per_run,
+    }
 
 
 def start_upstream(
@@ -502,6 +707,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=lambda text: [t for t in text.split(",") if t],
         help="one axione target per upstream transport, e.g. httpx,aiohttp",
     )
+    parser.add_argument(
+        "--axione-stacks",
+        type=lambda text: [t for t in text.split(",") if t],
+        help="one axione target per storage stack, side by side, e.g. memory,redis-postgres "
+        f"(of {', '.join(targets.STACKS)}; default: the axione target alone, on memory)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=lambda text: [t for t in text.split(",") if t],
+        help="only these scenarios, e.g. chat_c1,chat_c16 (`ttfe` for the TTFE samples; "
+        "default: all, or the smoke set with --smoke)",
+    )
+    parser.add_argument(
+        "--redis",
+        default=targets.BENCH_REDIS,
+        help="the Redis database of the stacks on Redis (flushed before and after)",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=targets.BENCH_POSTGRES,
+        help=f"the PostgreSQL database of the stacks on PostgreSQL (in schemas "
+        f"{targets.BENCH_SCHEMA}_*, dropped before and after)",
+    )
+    parser.add_argument(
+        "--ledger-wait",
+        type=float,
+        default=15.0,
+        help="seconds at most to wait for a stack's ledger rows after the load",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to cores")
     parser.add_argument(
@@ -514,6 +748,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--keep-going", action="store_true", help="a target that fails is noted, not fatal"
     )
     args = parser.parse_args(argv)
+    unknown = [s for s in args.axione_stacks or [] if s not in targets.STACKS]
+    if unknown:
+        parser.error(f"unknown stack {unknown[0]!r}: one of {', '.join(targets.STACKS)}")
+    known = {sc.name for sc in FULL} | {"ttfe"}
+    unknown = [s for s in args.scenarios or [] if s not in known]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}: one of {', '.join(sorted(known))}")
+    args.ttfe = args.scenarios is None or "ttfe" in args.scenarios
     if args.smoke:
         args.duration = 1
         args.rounds = 1
@@ -535,6 +777,11 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {harness_core})  # this script's own TTFE client and polling
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     scenarios = SMOKE if args.smoke else FULL
+    if args.scenarios is not None:
+        scenarios = [sc for sc in FULL if sc.name in args.scenarios]
+    stacks: list[str | None] = list(args.axione_stacks or [None])
+    shared = any(s is not None and s != "memory" for s in stacks)
+    stores = targets.SharedStores(args.redis, args.postgres) if shared else None
     driver = args.driver if args.driver != "auto" else ("wrk" if load.have_wrk() else "python")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -550,11 +797,50 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
             "versions": targets.versions(args.litellm_venv, args.portkey_dir),
             "argv": sys.argv[1:],
+            "scenarios": [sc.name for sc in scenarios] + (["ttfe"] if args.ttfe else []),
         },
         "targets": {},
         "failures": {},
     }
+    if stores is not None:
+        stores.check()
+        stores.flush_redis()
+        results["meta"]["versions"].update(stores.versions())
+        results["meta"]["stores"] = {
+            "redis": stores.redis,
+            "postgres": stores.postgres,
+            "redis_handshake_writes": stores.handshake_writes(),
+        }
     print(f"benchmark {stamp}: driver {driver}, pinned {pin}, {args.duration:g} s a scenario")
+    try:
+        run_targets(args, results, scenarios, stacks, stores, gateway_core, harness_core, peers)
+    finally:
+        if stores is not None:
+            stores.cleanup()
+    results["meta"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    base = args.out / stamp
+    base.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    markdown = report.markdown(results)
+    base.with_suffix(".md").write_text(markdown)
+    chart_note = report.chart(results, base.with_suffix(".png"))
+    print()
+    print(markdown)
+    print(chart_note)
+    print(f"results: {base}.json, .md" + (", .png" if chart_note.startswith("chart:") else ""))
+    return 1 if results["failures"] and not args.keep_going else 0
+
+
+def run_targets(
+    args: argparse.Namespace,
+    results: dict[str, Any],
+    scenarios: list[Scenario],
+    stacks: list[str | None],
+    stores: targets.SharedStores | None,
+    gateway_core: int | None,
+    harness_core: int | None,
+    peers: list[str],
+) -> None:
+    """Start the upstream and the targets, measure them all, stop them all."""
     with TemporaryDirectory(prefix="axione-bench-") as tmp:
         work = Path(tmp)
         upstream_port = targets.free_port()
@@ -566,21 +852,26 @@ def main(argv: list[str] | None = None) -> int:
                 plan.append(("direct", lambda: targets.direct(upstream_port)))
             if not args.no_axione:
                 for transport in args.axione_transports or [None]:
-                    plan.append(
-                        (
-                            f"axione-{transport}" if transport else "axione",
-                            lambda transport=transport: targets.axione(
-                                upstream_port,
-                                SHAPES,
-                                work,
-                                core=gateway_core,
-                                python=args.python,
-                                source=args.axione_src,
-                                transport=transport,
-                                messages_shapes=MESSAGES_SHAPES,
-                            ),
+                    for stack in stacks:
+                        name = "-".join(["axione", *(x for x in (transport, stack) if x)])
+                        plan.append(
+                            (
+                                name,
+                                lambda transport=transport, stack=stack, name=name: targets.axione(
+                                    upstream_port,
+                                    SHAPES,
+                                    work,
+                                    core=gateway_core,
+                                    python=args.python,
+                                    source=args.axione_src,
+                                    transport=transport,
+                                    name=name,
+                                    messages_shapes=MESSAGES_SHAPES,
+                                    stack=stack,
+                                    stores=stores,
+                                ),
+                            )
                         )
-                    )
             if args.compare_src is not None:
                 plan.append(
                     (
@@ -636,29 +927,58 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  {name} failed: {exc}", file=sys.stderr, flush=True)
                         if not args.keep_going:
                             raise
-                measure_all(lives, upstream, scenarios, args, harness_core, results["failures"])
+                servers = targets.store_servers() if stores is not None else None
+                measure_all(
+                    lives,
+                    upstream,
+                    scenarios,
+                    args,
+                    harness_core,
+                    results["failures"],
+                    servers,
+                    stores,
+                )
                 for live in lives:
                     results["targets"][live.name] = live.out
+                    live.out["log_problems"] = log_problems(live.target)
+                    if live.target.stack is not None:
+                        live.out["stack"] = live.target.stack
+                        on_redis, on_postgres = targets.STACKS[live.target.stack]
+                        live.out["stack_stores"] = {"redis": on_redis, "postgres": on_postgres}
+                        try:
+                            check = verify_ledger(live, args.ledger_wait)
+                        except Exception as exc:
+                            # Reported, not fatal: the load figures are kept.
+                            results["failures"][f"{live.name} ledger check"] = repr(exc)
+                            print(f"  {live.name} ledger check failed: {exc!r}", flush=True)
+                            continue
+                        live.out["ledger_check"] = check
+                        print(
+                            f"  {live.name} ledger: {check['load_rows']} rows for the load "
+                            f"driver's {check['driver_2xx']} 2xx answers "
+                            f"(by status {check['load_rows_by_status']}), "
+                            f"{check['harness_rows']} for the harness's "
+                            f"{check['harness_200']} own 200s, after {check['waited_s']} s: "
+                            f"{check['verdict']}",
+                            flush=True,
+                        )
             finally:
                 for live in lives:
                     live.target.stop()
+                    check = live.out.get("ledger_check")
+                    if check is not None:
+                        # Whatever the writer still held is written at shutdown.
+                        try:
+                            rows = targets.ledger_rows(check["ledger"])
+                            check["rows_after_stop"] = sum(rows.values())
+                        except Exception as exc:
+                            check["rows_after_stop"] = f"unread: {exc!r}"
         finally:
             upstream_proc.terminate()
             try:
                 upstream_proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 upstream_proc.kill()
-    results["meta"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
-    base = args.out / stamp
-    base.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    markdown = report.markdown(results)
-    base.with_suffix(".md").write_text(markdown)
-    chart_note = report.chart(results, base.with_suffix(".png"))
-    print()
-    print(markdown)
-    print(chart_note)
-    print(f"results: {base}.json, .md" + (", .png" if chart_note.startswith("chart:") else ""))
-    return 1 if results["failures"] and not args.keep_going else 0
 
 
 if __name__ == "__main__":
