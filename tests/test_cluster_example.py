@@ -61,3 +61,7 @@ def test_haproxy_checks_readyz_on_every_replica_within_the_drain(compose: dict[s
     config = AxioneConfig.from_toml(CLUSTER / "axione.toml")
     # Taken out of the backend before the drain ends and the listener closes.
     assert int(inter.group(1)) * int(inter.group(2)) < config.server.drain_s
+    # Unchecked backups: when a shared store takes every replica out, they
+    # still answer (in the API's error format), not HAProxy.
+    backups = re.findall(r"^\s*server \S+ (\S+):8000 backup$", text, re.M)
+    assert backups == ["axione-1", "axione-2"]
