@@ -395,3 +395,22 @@ async def test_the_store_metrics_are_exposed() -> None:
     assert "axione_quota_unavailable_total 3.0" in text
     assert 'axione_store_up{store="counters"} 1.0' in text
     assert "axione_quota_uncounted_admissions_total" in text
+
+
+async def test_after_redis_restarts_stale_pooled_connections_fail_one_request_not_one_each(
+    persistent_redis: ThrowawayRedis,
+) -> None:
+    async with gateway(_config(persistent_redis.uri)) as gw:
+        # Many reads at once (not grouped, as admissions are): the pool holds
+        # many connections.
+        async with anyio.create_task_group() as tg:
+            for _ in range(40):
+                tg.start_soon(gw.usage)
+        assert (await _burst(gw, 5)) == Counter({200: 5})
+        persistent_redis.kill()
+        persistent_redis.start()
+        statuses = [(await gw.chat()).status_code for _ in range(20)]
+        # The first use finds a dead connection (503); the pool's idle ones are
+        # dropped with it, so the next requests connect afresh and are admitted.
+        assert statuses.count(503) <= 1, statuses
+        assert statuses[-19:] == [200] * 19

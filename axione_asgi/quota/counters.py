@@ -18,9 +18,11 @@ and outages (logged once each) for the metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import importlib.util
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -520,6 +522,22 @@ class RedisDailyCounters(DailyCounters):
         # change listener holds one, the response cache, the rollover checks).
         self._gate = _FairGate(max(1, max_connections - 4), pool_timeout_s)
         self._admit_grouped = _GroupedScript(self._client, self._admit_script, self._gate)
+        self._dropped_at = 0.0
+
+    async def _drop_idle_connections(self) -> None:
+        """After a failure, close the pool's idle connections (they reconnect on next use).
+
+        A Redis that restarted leaves every pooled connection dead, and each
+        fails once when next used: without this, requests go on failing for
+        seconds after Redis answers again, one per stale connection.
+        """
+        now = time.monotonic()
+        if now - self._dropped_at < 0.1:
+            return
+        self._dropped_at = now
+        pool = self._pool if self._pool is not None else self._client.connection_pool
+        with contextlib.suppress(Exception):
+            await pool.disconnect(inuse_connections=False)
 
     batches_settlement = True
 
@@ -557,7 +575,11 @@ class RedisDailyCounters(DailyCounters):
         ]
         if carried:
             self._carry(carried, keys, args)
-        verdict, requests, tokens, reserved = await self._admit_grouped(keys, args)
+        try:
+            verdict, requests, tokens, reserved = await self._admit_grouped(keys, args)
+        except COUNTER_ERRORS:
+            await self._drop_idle_connections()
+            raise
         return CounterResult(_VERDICTS[int(verdict)], int(requests), int(tokens), int(reserved))
 
     async def adjust_many(self, debts: Sequence[CounterDebt]) -> None:
@@ -568,6 +590,9 @@ class RedisDailyCounters(DailyCounters):
             gate = await self._gate.acquire()
             try:
                 await self._adjust_script(keys, args)
+            except COUNTER_ERRORS:
+                await self._drop_idle_connections()
+                raise
             finally:
                 gate.release()
 
