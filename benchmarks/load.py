@@ -52,6 +52,10 @@ class ProcTree:
                 continue
         return out
 
+    # utime, stime (stat fields 14, 15, counted after the command's parenthesis);
+    # a subclass adds cutime, cstime (what reaped children used).
+    _TIMES = slice(11, 13)
+
     def cpu_seconds(self) -> float:
         """utime + stime of every live process in the tree."""
         ticks = 0
@@ -61,7 +65,7 @@ class ProcTree:
             except OSError:
                 continue
             fields = stat[stat.rindex(")") + 2 :].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+            ticks += sum(int(f) for f in fields[self._TIMES])
         return ticks / CLK_TCK
 
     def rss_mb(self) -> float:

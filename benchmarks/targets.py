@@ -542,16 +542,7 @@ class ServerTree(ProcTree):
     PostgreSQL backend that exits mid-run (another client's) leaves its CPU in
     the postmaster's cutime/cstime instead of taking it out of the sum."""
 
-    def cpu_seconds(self) -> float:
-        ticks = 0
-        for pid in self.pids():
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-        return ticks / os.sysconf("SC_CLK_TCK")
+    _TIMES = slice(11, 15)  # utime, stime, cutime, cstime
 
 
 def store_servers() -> list[ProcTree]:

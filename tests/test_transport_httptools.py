@@ -824,14 +824,7 @@ async def test_open_upstream_httptools_is_the_httptools_client() -> None:
 async def test_open_upstream_auto_without_a_proxy_is_the_aiohttp_client(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in (
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ):
+    for name in transports._PROXY_VARIABLES:  # the ones auto_transport reads
         monkeypatch.delenv(name, raising=False)
     client = open_upstream("auto", **OPTIONS)  # type: ignore[arg-type]
     try:
