@@ -143,11 +143,11 @@ class MemoryUpstream:
         pass
 
 
-def build(access_log: bool) -> Any:
+def build(access_log: bool, counters: str = "memory://") -> Any:
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     config = AxioneConfig.model_validate(
         {
-            "storage": {"keys": "memory://", "ledger": "memory://", "counters": "memory://"},
+            "storage": {"keys": "memory://", "ledger": "memory://", "counters": counters},
             "providers": {
                 "openai": {
                     "kind": "openai-compatible",
@@ -282,8 +282,10 @@ def _memory_upstreams(app: Any) -> None:
     providers["anthropic"]._client = MemoryUpstream(answer=MESSAGE)
 
 
-async def run(requests: int, rounds: int, access_log: bool) -> dict[str, float]:
-    app = build(access_log)
+async def run(
+    requests: int, rounds: int, access_log: bool, counters: str = "memory://"
+) -> dict[str, float]:
+    app = build(access_log, counters)
     figures: dict[str, list[float]] = {name: [] for name in SCENARIOS}
     async with app.lifespan():
         _memory_upstreams(app)
@@ -358,6 +360,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-access-log", action="store_true")
     parser.add_argument(
+        "--counters",
+        default="memory://",
+        help="the counters URI (redis://127.0.0.1:6379/10: what Redis adds, in process)",
+    )
+    parser.add_argument(
         "--instructions",
         action="store_true",
         help="count instructions per request under callgrind instead (slow: use ~200 requests)",
@@ -379,7 +386,7 @@ def main() -> None:
             n = max(1, args.requests // 5) if name in STREAMED else args.requests
             print(f"{name:10s} {instructions(name, n) / 1000:8.1f} k instructions per request")
         return
-    result = asyncio.run(run(args.requests, args.rounds, not args.no_access_log))
+    result = asyncio.run(run(args.requests, args.rounds, not args.no_access_log, args.counters))
     for name, micros in result.items():
         print(f"{name:10s} {micros:8.1f} µs CPU per request")
 
