@@ -21,7 +21,9 @@ import asyncio
 import contextlib
 import enum
 import importlib.util
+import itertools
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ from axione_asgi.quota.tiers import DayUse
 
 if TYPE_CHECKING:
     from axione_asgi.config import StorageConfig
-    from axione_asgi.quota.settlement import CounterDebt
+    from axione_asgi.quota.settlement import CounterDebt, Unresolved
 
 __all__ = [
     "CACHE_HEALTH",
@@ -235,6 +237,7 @@ class DailyCounters:
         reserve: int,
         minimum: int = 0,
         carried: Sequence[CounterDebt] = (),
+        call: int = 0,
     ) -> CounterResult:
         """Count one request and reserve tokens for it, or refuse and leave no trace.
 
@@ -242,7 +245,8 @@ class DailyCounters:
         requests, or (when it reserves tokens) when what is left of the day's
         tokens, open reservations included, is below `minimum` (or nothing).
         The reservation granted is at most what is left. `carried`
-        adjustments (earlier requests' settlements) are applied first.
+        adjustments (earlier requests' settlements) are applied first. `call`
+        is the number `new_call` gave (stores that record their calls).
         """
         if carried:
             await self.adjust_many(carried)
@@ -280,7 +284,15 @@ class DailyCounters:
         if delta:
             await self.storage.incr(_day_key(key_id, day, "tok"), self.expiry_s, delta)
 
-    async def adjust_many(self, debts: Sequence[CounterDebt]) -> None:
+    def new_call(self) -> int:
+        """A number to record the next call under; 0: this store records no calls."""
+        return 0
+
+    async def resolve(self, groups: Sequence[Sequence[Unresolved]]) -> None:
+        """Settle calls whose answer was lost (only stores that record calls have any)."""
+        raise NotImplementedError("these counters record no calls")
+
+    async def adjust_many(self, debts: Sequence[CounterDebt], call: int = 0) -> None:
         """Move each key's day counters by its debt (either sign)."""
         storage, expiry = self.storage, self.expiry_s
         for debt in debts:
@@ -322,50 +334,116 @@ class DailyCounters:
         return None
 
 
-# KEYS: request counter, token counter, then the counters carried
-# adjustments move. ARGV: request limit, token limit, reserve, expiry,
-# minimum, then one delta per carried counter (KEYS[i] moves by ARGV[i + 3]).
-# The adjustments apply first (earlier requests' settlements, so the check
-# below sees them). Returns {verdict, requests, tokens, reserved} where
-# verdict is 0 admitted, 1 requests spent, 2 tokens spent. The same rule as
-# `DailyCounters.admit`, but whole: nothing else runs in between.
+# Each call of the admission script is recorded under its number in this
+# process's hash of calls (KEYS[3]): the reservation it granted (0 when it
+# refused, or carried settlements only: -1). A call whose answer was lost (Redis
+# killed as it ran, a reply cut) is looked up there later (`_RESOLVE_LUA`):
+# recorded, it ran (-1: and admitted nothing), and what it counted is undone
+# or completed; not recorded,
+# it never ran, and the lookup marks it so that it never will (a late copy
+# of it finds its number taken and does nothing). The hash keeps the last
+# `window` calls (each call deletes the one `window` before it), so its size
+# stays flat whatever the load.
+#
+# KEYS: request counter, token counter, the hash of calls, then the counters
+# carried settlements move. ARGV: request limit (-1: carry settlements only),
+# token limit, reserve, expiry, minimum, call number (0: not recorded),
+# window, then one delta per carried counter (KEYS[i] moves by ARGV[i + 4]).
+# The settlements apply first (earlier requests', so the check below sees
+# them). Returns {verdict, requests, tokens, reserved}: verdict 0 admitted,
+# 1 requests spent, 2 tokens spent, 3 the call was given up (it did
+# nothing), 4 settlements only. The same rule as `DailyCounters.admit`, but
+# whole: nothing else runs in between.
 _ADMIT_LUA = """
-for i = 3, #KEYS do
-  local delta = tonumber(ARGV[i + 3])
+local call = tonumber(ARGV[6])
+if call > 0 and redis.call('HEXISTS', KEYS[3], ARGV[6]) == 1 then
+  return {3, 0, 0, 0}
+end
+for i = 4, #KEYS do
+  local delta = tonumber(ARGV[i + 4])
   if redis.call('INCRBY', KEYS[i], delta) == delta then redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 end
-local requests = tonumber(redis.call('GET', KEYS[1]) or '0')
-local tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
-local reserve = tonumber(ARGV[3])
-if requests >= tonumber(ARGV[1]) then
-  return {1, requests, tokens, 0}
+local verdict, requests, tokens, reserve = 4, 0, 0, 0
+if tonumber(ARGV[1]) >= 0 then
+  requests = tonumber(redis.call('GET', KEYS[1]) or '0')
+  tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
+  reserve = tonumber(ARGV[3])
+  local token_limit = tonumber(ARGV[2])
+  if requests >= tonumber(ARGV[1]) then
+    verdict, reserve = 1, 0
+  elseif reserve > 0 and (tokens >= token_limit or token_limit - tokens < tonumber(ARGV[5])) then
+    verdict, reserve = 2, 0
+  else
+    verdict = 0
+    requests = redis.call('INCR', KEYS[1])
+    if requests == 1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+    if reserve > 0 then
+      reserve = math.min(reserve, token_limit - tokens)
+      tokens = redis.call('INCRBY', KEYS[2], reserve)
+      if tokens == reserve then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+    else
+      reserve = 0
+    end
+  end
 end
-local token_limit = tonumber(ARGV[2])
-if reserve > 0 and (tokens >= token_limit or token_limit - tokens < tonumber(ARGV[5])) then
-  return {2, requests, tokens, 0}
+if call > 0 then
+  redis.call('HSET', KEYS[3], ARGV[6], verdict == 0 and reserve or -1)
+  redis.call('HDEL', KEYS[3], call - tonumber(ARGV[7]))
+  redis.call('EXPIRE', KEYS[3], 86400)
 end
-requests = redis.call('INCR', KEYS[1])
-if requests == 1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
-if reserve > 0 then
-  reserve = math.min(reserve, token_limit - tokens)
-  tokens = redis.call('INCRBY', KEYS[2], reserve)
-  if tokens == reserve then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
-else
-  reserve = 0
-end
-return {0, requests, tokens, reserve}
+return {verdict, requests, tokens, reserve}
 """
 
-# KEYS: counters; ARGV: expiry, then one delta per counter.
-_ADJUST_LUA = """
-for i = 1, #KEYS do
-  local delta = tonumber(ARGV[i + 1])
-  if redis.call('INCRBY', KEYS[i], delta) == delta then redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+# Settles calls whose answer was lost, from the hash of calls (KEYS[1]).
+# KEYS: the hash, then a request and a token counter per entry. ARGV:
+# expiry, then 9 per entry: call number, part, the requests and tokens to
+# add if the call ran and admitted (tokens plus this sign times the
+# reservation it granted: 3 values), if it ran and admitted nothing (2), and
+# if it never ran (2). A part is a group of entries settled once
+# (`call:part` is recorded in the hash): a retried resolution changes nothing.
+_RESOLVE_LUA = """
+local decided = {}
+local k = 2
+for a = 2, #ARGV, 9 do
+  local call, field = ARGV[a], ARGV[a] .. ':' .. ARGV[a + 1]
+  if decided[field] == nil then
+    decided[field] = redis.call('HEXISTS', KEYS[1], field) == 0
+  end
+  if decided[field] then
+    local state = redis.call('HGET', KEYS[1], call)
+    if not state then
+      redis.call('HSET', KEYS[1], call, 'n')
+      state = 'n'
+    end
+    local dr, dt
+    if state == 'n' then
+      dr, dt = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
+    elseif tonumber(state) < 0 then
+      dr, dt = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+    else
+      dr = tonumber(ARGV[a + 2])
+      dt = tonumber(ARGV[a + 3]) + tonumber(ARGV[a + 4]) * tonumber(state)
+    end
+    if dr ~= 0 and redis.call('INCRBY', KEYS[k], dr) == dr then
+      redis.call('EXPIRE', KEYS[k], ARGV[1])
+    end
+    if dt ~= 0 and redis.call('INCRBY', KEYS[k + 1], dt) == dt then
+      redis.call('EXPIRE', KEYS[k + 1], ARGV[1])
+    end
+  end
+  k = k + 2
 end
-return #KEYS
+for field, fresh in pairs(decided) do
+  if fresh then redis.call('HSET', KEYS[1], field, 1) end
+end
+redis.call('EXPIRE', KEYS[1], 86400)
+return 1
 """
 
 _VERDICTS = (Verdict.ADMITTED, Verdict.REQUESTS_SPENT, Verdict.TOKENS_SPENT)
+# How many of a process's last calls its record keeps (a lost call is
+# settled within seconds, thousands of calls at most).
+CALL_WINDOW = 100_000
 
 
 class CountersBusy(TimeoutError):
@@ -517,7 +595,10 @@ class RedisDailyCounters(DailyCounters):
         self._bridge = bridge
         self._client: Any = bridge.get_connection()
         self._admit_script: Any = self._client.register_script(_ADMIT_LUA)
-        self._adjust_script: Any = self._client.register_script(_ADJUST_LUA)
+        self._resolve_script: Any = self._client.register_script(_RESOLVE_LUA)
+        # This process's record of its calls (see _ADMIT_LUA), and their numbers.
+        self._calls_key = bridge.prefixed_key(f"axione:calls:{os.urandom(8).hex()}")
+        self._call_numbers = itertools.count(1)
         # A few connections stay free for the pool's other users (the key
         # change listener holds one, the response cache, the rollover checks).
         self._gate = _FairGate(max(1, max_connections - 4), pool_timeout_s)
@@ -561,10 +642,12 @@ class RedisDailyCounters(DailyCounters):
         reserve: int,
         minimum: int = 0,
         carried: Sequence[CounterDebt] = (),
+        call: int = 0,
     ) -> CounterResult:
         keys = [
             self._bridge.prefixed_key(_day_key(key_id, day, "req")),
             self._bridge.prefixed_key(_day_key(key_id, day, "tok")),
+            self._calls_key,
         ]
         args: list[Any] = [
             request_limit,
@@ -572,29 +655,55 @@ class RedisDailyCounters(DailyCounters):
             max(0, reserve),
             self.expiry_s,
             max(0, minimum),
+            call,
+            CALL_WINDOW,
         ]
         if carried:
             self._carry(carried, keys, args)
+        verdict, requests, tokens, reserved = await self._call(keys, args)
+        return CounterResult(_VERDICTS[int(verdict)], int(requests), int(tokens), int(reserved))
+
+    def new_call(self) -> int:
+        return next(self._call_numbers)
+
+    async def _call(self, keys: list[str], args: list[Any]) -> Any:
         try:
-            verdict, requests, tokens, reserved = await self._admit_grouped(keys, args)
+            answer = await self._admit_grouped(keys, args)
         except COUNTER_ERRORS:
             await self._drop_idle_connections()
             raise
-        return CounterResult(_VERDICTS[int(verdict)], int(requests), int(tokens), int(reserved))
+        if int(answer[0]) == 3:  # a copy of a call given up for lost: it did nothing
+            raise StorageError(RuntimeError("a late copy of a call given up for lost"))
+        return answer
 
-    async def adjust_many(self, debts: Sequence[CounterDebt]) -> None:
-        keys: list[str] = []
-        args: list[Any] = [self.expiry_s]
+    async def adjust_many(self, debts: Sequence[CounterDebt], call: int = 0) -> None:
+        # The admission script, carrying settlements only (request limit -1).
+        calls = self._calls_key
+        keys: list[str] = [calls, calls, calls]
+        args: list[Any] = [-1, 0, 0, self.expiry_s, 0, call, CALL_WINDOW]
         self._carry(debts, keys, args)
-        if keys:
-            gate = await self._gate.acquire()
-            try:
-                await self._adjust_script(keys, args)
-            except COUNTER_ERRORS:
-                await self._drop_idle_connections()
-                raise
-            finally:
-                gate.release()
+        if len(keys) > 3:
+            await self._call(keys, args)
+
+    async def resolve(self, groups: Sequence[Sequence[Unresolved]]) -> None:
+        prefixed = self._bridge.prefixed_key
+        keys: list[str] = [self._calls_key]
+        args: list[Any] = [self.expiry_s]
+        for group in groups:
+            for e in group:
+                keys.append(prefixed(_day_key(e.key_id, e.day, "req")))
+                keys.append(prefixed(_day_key(e.key_id, e.day, "tok")))
+                args.extend((e.call, e.part, *e.if_admitted, *e.if_refused, *e.if_not_run))
+        if len(keys) == 1:
+            return
+        gate = await self._gate.acquire()
+        try:
+            await self._resolve_script(keys, args)
+        except COUNTER_ERRORS:
+            await self._drop_idle_connections()
+            raise
+        finally:
+            gate.release()
 
     async def read(self, key_id: str, day: date) -> DayUse:
         keys = [

@@ -24,7 +24,7 @@ from axione_asgi.quota.counters import (
 )
 from axione_asgi.quota.days import Clock, next_midnight, seconds_until, utc_day, utc_now
 from axione_asgi.quota.ledger import DebtLedger, Ledger, LedgerWriter, UsageRecord, open_ledger
-from axione_asgi.quota.settlement import CounterDebt, SettlementQueue
+from axione_asgi.quota.settlement import CounterDebt, SettlementQueue, Unresolved, carried_group
 from axione_asgi.quota.tiers import DayUse, TierTable
 
 __all__ = ["Admission", "Clock", "QuotaExceeded", "QuotaService", "Snapshot"]
@@ -82,6 +82,9 @@ class Admission:
     # False when admitted while the counters store was down
     # (`on_counter_failure = "open"`): settlement counts it then, if it can.
     counted: bool = True
+    # The number the counters recorded the failed admission call under (0:
+    # none): it may have run, and counted this request, all the same.
+    call: int = 0
 
     @property
     def day(self) -> date:
@@ -155,7 +158,7 @@ class QuotaService:
         self._seeded = False
         # Settlements owed to the counters: carried by the next admission
         # (one round trip a request on Redis), or sent after a short linger.
-        self.settlements = SettlementQueue(self.counters.adjust_many)
+        self.settlements = SettlementQueue(self.counters)
         self._debts_task: asyncio.Task[None] | None = None
         # What this process knows of each key's days: when its rollover was
         # last looked at, and the promotion it got. KeyAuthMiddleware caches
@@ -405,6 +408,7 @@ class QuotaService:
         settlements = self.settlements
         # Earlier requests' settlements ride along (on Redis, the same round trip).
         carried = settlements.take() if settlements else ()
+        call = self.counters.new_call()
         try:
             result = await self.counters.admit(
                 key.id,
@@ -414,15 +418,26 @@ class QuotaService:
                 reserve=max(0, reserve_tokens),
                 minimum=min(max(0, minimum_tokens), max(0, reserve_tokens)),
                 carried=carried,
+                call=call,
             )
         except COUNTER_ERRORS as exc:
-            if carried:
+            fail_open = self.config.storage.on_counter_failure == "open"
+            if call:
+                # The call may have run with its answer lost: the store's
+                # record of it decides what it carried and counted.
+                group = carried_group(call, carried)
+                if not fail_open:  # refused here: undo the count if it was made
+                    group.append(Unresolved(call, "c", key.id, day, (-1, 0, -1), (0, 0), (0, 0)))
+                settlements.unresolved(group)
+            elif carried:
                 settlements.give_back(carried)
             COUNTER_HEALTH.failed(exc, "admitting a request")
-            if self.config.storage.on_counter_failure == "open":
+            if fail_open:
                 COUNTER_HEALTH.uncounted += 1
                 snap = Snapshot(tier, limits, day, 0, 0)
-                return Admission(key.id, now, snap, max(0, reserve_tokens), counted=False)
+                return Admission(
+                    key.id, now, snap, max(0, reserve_tokens), counted=False, call=call
+                )
             COUNTER_HEALTH.refused += 1
             raise QuotaUnavailable(
                 "The quota counters cannot be reached, so the request was not admitted; "
@@ -500,7 +515,23 @@ class QuotaService:
 
     async def _settle_counters(self, admission: Admission, tokens: int, delta: int) -> None:
         # Never raises: the answer is out; what the store cannot take now is owed.
-        # Admitted uncounted while the store was down: the request is owed too.
+        # Admitted uncounted while the store was down: the request is owed too,
+        # unless the failed admission call ran after all (then it counted it).
+        if admission.call and not admission.counted:
+            self.settlements.unresolved(
+                [
+                    Unresolved(
+                        admission.call,
+                        "s",
+                        admission.key_id,
+                        admission.day,
+                        (0, tokens, -1),
+                        (1, tokens),
+                        (1, tokens),
+                    )
+                ]
+            )
+            return
         requests, delta = (0, delta) if admission.counted else (1, tokens)
         if self.counters.batches_settlement:
             self.settlements.owe(admission.key_id, admission.day, requests, delta)
