@@ -153,6 +153,84 @@ async def test_cache_spares_the_store_on_repeated_requests() -> None:
     assert store.lookups == 1
 
 
+class SlowStore(CountingStore):
+    """A store that takes a while to answer, as a database under load does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = anyio.Event()
+
+    async def get_by_hash(self, key_hash: str):  # type: ignore[no-untyped-def]
+        self.lookups += 1
+        await self.release.wait()
+        return await MemoryKeyStore.get_by_hash(self, key_hash)
+
+
+async def test_requests_that_miss_the_cache_at_once_share_one_lookup() -> None:
+    store = SlowStore()
+    _, key = await store.create("dave")
+    app, _ = stack(store, 30)
+    names: list[str] = []
+    async with client_for(app, key) as client:
+
+        async def one() -> None:
+            names.append((await client.get("/")).text)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(one)
+            await anyio.sleep(0.05)  # all 50 wait on the store now
+            store.release.set()
+    assert names == ["dave"] * 50
+    assert store.lookups == 1
+
+
+async def test_a_client_gone_mid_lookup_does_not_fail_the_others_waiting() -> None:
+    store = SlowStore()
+    _, key = await store.create("erin")
+    app, _ = stack(store, 30)
+    async with client_for(app, key) as client:
+        with anyio.move_on_after(0.05):  # the first asker goes away
+            await client.get("/")
+        others: list[str] = []
+
+        async def one() -> None:
+            others.append((await client.get("/")).text)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+            await anyio.sleep(0.05)
+            store.release.set()
+    assert others == ["erin"] * 3
+    assert store.lookups == 1
+
+
+class ReadThenSlowStore(SlowStore):
+    """Reads the record at once, answers it later: a read that raced a change."""
+
+    async def get_by_hash(self, key_hash: str):  # type: ignore[no-untyped-def]
+        self.lookups += 1
+        found = await MemoryKeyStore.get_by_hash(self, key_hash)
+        await self.release.wait()
+        return found
+
+
+async def test_a_key_forgotten_during_its_lookup_is_not_cached_stale() -> None:
+    store = ReadThenSlowStore()
+    record, key = await store.create("frank")
+    app, auth = stack(store, 30)
+    async with client_for(app, key) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.get, "/")
+            await anyio.sleep(0.05)  # the lookup has read the key, not yet answered...
+            await store.revoke(record.id)
+            auth.forget(record.key_hash)  # ... and the revocation is announced
+            store.release.set()
+        response = await client.get("/")
+        assert_spec_error(response, 401, "invalid_api_key")
+
+
 async def test_unknown_key_is_remembered_for_at_most_one_second() -> None:
     store = CountingStore()
     app, _ = stack(store, 30)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Collection
 
 from cachetools import TTLCache
@@ -48,9 +50,18 @@ class KeyAuthMiddleware:
         self._unknown: TTLCache[str, bool] | None = (
             TTLCache(cache_size, min(cache_ttl, 1.0)) if cache_ttl > 0 else None
         )
+        self._looking_up: dict[str, asyncio.Task[KeyRecord | None]] = {}
+        self._generation = 0
 
     def forget(self, key_hash: str | None = None) -> None:
         """Drop cached lookups (one key, or all), e.g. after an admin change."""
+        # A lookup in flight may have read the store before the change: what
+        # it finds is answered, but not cached, and the next request reads again.
+        self._generation += 1
+        if key_hash is None:
+            self._looking_up.clear()
+        else:
+            self._looking_up.pop(key_hash, None)
         for cache in (self._known, self._unknown):
             if cache is None:
                 continue
@@ -90,10 +101,31 @@ class KeyAuthMiddleware:
                 return cached
             if key_hash in self._unknown:  # type: ignore[operator]
                 return None
+        else:
+            return await self._look_up(key_hash)  # no cache: the store on every request
+        # One lookup per key at a time: when a busy key's cached record
+        # expires, its requests in flight would otherwise all ask the store
+        # at once (hundreds, on a pool of ten: seconds of queueing). A task of
+        # its own, so a client that goes away cancels only its own wait.
+        task = self._looking_up.get(key_hash)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._look_up(key_hash))
+            self._looking_up[key_hash] = task
+            task.add_done_callback(functools.partial(self._looked_up, key_hash))
+        return await asyncio.shield(task)
+
+    def _looked_up(self, key_hash: str, task: asyncio.Task[KeyRecord | None]) -> None:
+        if self._looking_up.get(key_hash) is task:
+            del self._looking_up[key_hash]
+        if not task.cancelled():
+            task.exception()  # retrieved: its waiters, if any, have it raised
+
+    async def _look_up(self, key_hash: str) -> KeyRecord | None:
+        generation = self._generation
         record = await self.key_store.get_by_hash(key_hash)
         if record is not None and not hashes_equal(record.key_hash, key_hash):
             record = None
-        if self._known is not None:
+        if self._known is not None and generation == self._generation:
             if record is None:
                 self._unknown[key_hash] = True  # type: ignore[index]
             else:
