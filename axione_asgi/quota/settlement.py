@@ -177,18 +177,21 @@ class SettlementQueue:
     async def drain(self) -> list[CounterDebt]:
         """Send everything now (once, no retry); what could not be sent."""
         self._cancel_timer()
-        self._draining = True
+        self._draining = True  # no timer from here on: this sends what is left
         try:
-            flushing = self._flushing
-            if flushing is not None:
-                # The flag ends its loop after the batch in hand (not cancelled
-                # mid-send: that batch might be counted twice, or lost).
-                await asyncio.wait({flushing}, timeout=3.0)
-                if not flushing.done():
-                    flushing.cancel()
-                    await asyncio.wait({flushing}, timeout=1.0)
+            return await self._drain()
         finally:
             self._draining = False
+
+    async def _drain(self) -> list[CounterDebt]:
+        flushing = self._flushing
+        if flushing is not None:
+            # The flag ends its loop after the batch in hand (not cancelled
+            # mid-send: that batch might be counted twice, or lost).
+            await asyncio.wait({flushing}, timeout=3.0)
+            if not flushing.done():
+                flushing.cancel()
+                await asyncio.wait({flushing}, timeout=1.0)
         left: list[CounterDebt] = []
         try:
             while self._unresolved:
