@@ -196,3 +196,25 @@ async def test_parts_of_one_call_are_settled_each_once(
     assert await _use(quota, key) == (0, 0)
     await counters.resolve([[settle], [refund]])  # the refund again: nothing
     assert await _use(quota, key) == (0, -60)
+
+
+async def test_an_admission_whose_client_went_away_counts_nothing(
+    service: tuple[QuotaService, KeyRecord],
+) -> None:
+    quota, key = service
+    counters = quota.counters
+    assert isinstance(counters, RedisDailyCounters)
+    await _admit_and_settle(quota, key, 7)  # its -93 rides on the next call
+    original = counters._call
+
+    async def ran_then_hung(keys: list[str], args: list[Any]) -> Any:
+        await original(keys, args)  # the call runs (counted, -93 applied) ...
+        await anyio.sleep(10)  # ... and its answer never comes back in time
+
+    counters._call = ran_then_hung  # type: ignore[method-assign]
+    with anyio.move_on_after(0.2):  # the client goes away meanwhile
+        await quota.admit(key, 100)
+        raise AssertionError("admitted")
+    counters._call = original  # type: ignore[method-assign]
+    await _settled(quota)
+    assert await _use(quota, key) == (1, 7)

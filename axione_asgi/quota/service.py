@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -407,7 +408,7 @@ class QuotaService:
         limits = self.tiers.limits_for(tier)
         settlements = self.settlements
         # Earlier requests' settlements ride along (on Redis, the same round trip).
-        carried = settlements.take() if settlements else ()
+        carried = settlements.take() if settlements else []
         call = self.counters.new_call()
         try:
             result = await self.counters.admit(
@@ -420,17 +421,15 @@ class QuotaService:
                 carried=carried,
                 call=call,
             )
+        except asyncio.CancelledError:
+            # The client went away: this request is not served, whether or not
+            # the call ran (or runs yet, from a pipeline): undo it if it did.
+            self._lost_admission(key, day, call, carried, refund=True)
+            raise
         except COUNTER_ERRORS as exc:
             fail_open = self.config.storage.on_counter_failure == "open"
-            if call:
-                # The call may have run with its answer lost: the store's
-                # record of it decides what it carried and counted.
-                group = carried_group(call, carried)
-                if not fail_open:  # refused here: undo the count if it was made
-                    group.append(Unresolved(call, "c", key.id, day, (-1, 0, -1), (0, 0), (0, 0)))
-                settlements.unresolved(group)
-            elif carried:
-                settlements.give_back(carried)
+            # Refused here (closed): undo the count if the lost call made it.
+            self._lost_admission(key, day, call, carried, refund=not fail_open)
             COUNTER_HEALTH.failed(exc, "admitting a request")
             if fail_open:
                 COUNTER_HEALTH.uncounted += 1
@@ -465,6 +464,19 @@ class QuotaService:
             snapshot=snapshot,
             retry_after=retry_after,
         )
+
+    def _lost_admission(
+        self, key: KeyRecord, day: date, call: int, carried: Sequence[CounterDebt], *, refund: bool
+    ) -> None:
+        """An admission call with no answer: it may have run all the same."""
+        if not call:
+            self.settlements.give_back(carried)  # a store without call records: it did not
+            return
+        # The store's record of the call decides what it carried and counted.
+        group = carried_group(call, carried)
+        if refund:
+            group.append(Unresolved(call, "c", key.id, day, (-1, 0, -1), (0, 0), (0, 0)))
+        self.settlements.unresolved(group)
 
     async def settle(
         self,
