@@ -489,7 +489,8 @@ class _FairGate:
 
 
 class _GroupedScript:
-    """One Lua script's calls, those made while one is in flight sent together.
+    """One Lua script's calls on a connection of their own, those made while one
+    is in flight sent together.
 
     A call made while none is in flight goes at once, alone: no added wait
     at low load. Calls made meanwhile queue, and go in one pipeline when the
@@ -497,12 +498,18 @@ class _GroupedScript:
     requests' admissions, where most of a round trip's CPU is the system
     call, not Redis. Each script still runs whole and in order on the
     server, so admission stays exact.
+
+    Only one call is ever in flight, so it holds one connection of the pool
+    for good and speaks on it through redis-py's connection API: the
+    client's per-command pool checkout, retry wrapper and bookkeeping cost
+    about 40 % of a call's CPU. A failed read or write disconnects it
+    (redis-py does), and the next call connects again.
     """
 
-    def __init__(self, client: Any, script: Any, gate: _FairGate) -> None:
-        self._client = client
+    def __init__(self, pool: Any, script: Any) -> None:
+        self._pool = pool
         self._script = script
-        self._gate = gate
+        self._connection: Any = None
         self._queue: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
         self._busy = False
 
@@ -513,13 +520,23 @@ class _GroupedScript:
             return await future
         self._busy = True
         try:
-            gate = await self._gate.acquire()
-            try:
-                return await self._script(keys, args)
-            finally:
-                gate.release()
+            connection = self._connection or await self._connect()
+            [answer] = await self._run(connection, [(keys, args)])
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
         finally:
             self._next()
+
+    async def _connect(self) -> Any:
+        self._connection = await self._pool.get_connection()
+        return self._connection
+
+    async def close(self) -> None:
+        """Give the connection back to the pool."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await self._pool.release(connection)
 
     def _next(self) -> None:
         if not self._queue:
@@ -531,7 +548,8 @@ class _GroupedScript:
     async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
         try:
             try:
-                results = await self._pipelined(batch)
+                connection = self._connection or await self._connect()
+                results = await self._run(connection, [(k, a) for k, a, _ in batch])
             except Exception as exc:  # the whole pipeline failed: each caller sees why
                 for _, _, future in batch:
                     if not future.done():
@@ -542,7 +560,7 @@ class _GroupedScript:
                     future.cancel()
                 raise
             for (_, _, future), result in zip(batch, results, strict=True):
-                if future.done():  # its caller went away (the count stands: it was admitted)
+                if future.done():  # its caller went away (the call is settled: see service)
                     continue
                 if isinstance(result, Exception):
                     future.set_exception(result)
@@ -551,30 +569,35 @@ class _GroupedScript:
         finally:
             self._next()
 
-    async def _pipelined(
-        self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
-    ) -> list[Any]:
-        from redis.exceptions import NoScriptError
+    async def _run(self, connection: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Each call's answer, or the error Redis answered it with, in order."""
+        from redis.exceptions import NoScriptError, ResponseError
 
-        gate = await self._gate.acquire()
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            for keys, args, _ in batch:
-                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            if any(isinstance(r, NoScriptError) for r in results):
-                # Redis restarted and forgot the script: load it, run those again.
-                self._script.sha = await self._client.script_load(self._script.script)
-                again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-                pipe = self._client.pipeline(transaction=False)
-                for i in again:
-                    keys, args, _ = batch[i]
-                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-                for i, result in zip(again, await pipe.execute(raise_on_error=False), strict=True):
-                    results[i] = result
-            return results
-        finally:
-            gate.release()
+        answers = await self._write_read(connection, calls, ResponseError)
+        again = [i for i, a in enumerate(answers) if isinstance(a, NoScriptError)]
+        if again:
+            # Redis restarted and forgot the script: load it, run those again.
+            await connection.send_command("SCRIPT", "LOAD", self._script.script)
+            sha = await connection.read_response()
+            self._script.sha = sha.decode() if isinstance(sha, bytes) else sha
+            retried = await self._write_read(connection, [calls[i] for i in again], ResponseError)
+            for i, answer in zip(again, retried, strict=True):
+                answers[i] = answer
+        return answers
+
+    async def _write_read(
+        self, connection: Any, calls: list[tuple[list[str], list[Any]]], errors: type[Exception]
+    ) -> list[Any]:
+        sha = self._script.sha
+        commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+        await connection.send_packed_command(connection.pack_commands(commands))
+        answers: list[Any] = []
+        for _ in commands:
+            try:
+                answers.append(await connection.read_response())
+            except errors as exc:  # an error reply: that call's, the others still read
+                answers.append(exc)
+        return answers
 
 
 class RedisDailyCounters(DailyCounters):
@@ -602,7 +625,9 @@ class RedisDailyCounters(DailyCounters):
         # A few connections stay free for the pool's other users (the key
         # change listener holds one, the response cache, the rollover checks).
         self._gate = _FairGate(max(1, max_connections - 4), pool_timeout_s)
-        self._admit_grouped = _GroupedScript(self._client, self._admit_script, self._gate)
+        self._admit_grouped = _GroupedScript(
+            pool if pool is not None else self._client.connection_pool, self._admit_script
+        )
         self._dropped_at = 0.0
 
     async def _drop_idle_connections(self) -> None:
@@ -714,6 +739,7 @@ class RedisDailyCounters(DailyCounters):
         return DayUse(int(requests or 0), int(tokens or 0))
 
     async def close(self) -> None:
+        await self._admit_grouped.close()
         pool, self._pool = self._pool, None
         try:
             await self._client.aclose()
