@@ -36,7 +36,7 @@ from axione_asgi.ingress.anthropic_format import (
     to_chat,
     to_message,
 )
-from axione_asgi.ingress.base import JSON, route
+from axione_asgi.ingress.base import JSON, json_answer, route
 from axione_asgi.openai_types import ChatCompletionRequest
 from axione_asgi.providers.base import (
     ModelRoute,
@@ -196,11 +196,7 @@ class AnthropicMessagesIngress:
             exchange.report(estimate, 0, estimated=True)
         else:
             exchange.report(*used)
-        headers = self._headers(call)
-        if cache_key is not None:
-            await pipeline.keep(cache_key, body)
-            headers[CACHE_HEADER] = "miss"
-        return Response(body, media_type=JSON, headers=headers)
+        return await json_answer(pipeline, body, cache_key, self._headers(call))
 
     @staticmethod
     def _headers(call: _Request) -> dict[str, str]:

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from axione_asgi.cache import CACHE_HEADER
 from axione_asgi.dispatch import Endpoint, Handler
 from axione_asgi.errors import ErrorEnvelope
 
-__all__ = ["JSON", "Ingress", "route"]
+if TYPE_CHECKING:
+    from axione_asgi.exchange.pipeline import Pipeline
+
+__all__ = ["JSON", "Ingress", "json_answer", "route"]
 
 JSON = "application/json"
+
+
+async def json_answer(
+    pipeline: Pipeline,
+    body: bytes,
+    cache_key: str | None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A whole JSON answer; kept in the response cache (`x-axione-cache: miss`) when cacheable."""
+    headers = headers or {}
+    if cache_key is not None:
+        await pipeline.keep(cache_key, body)
+        headers[CACHE_HEADER] = "miss"
+    return Response(body, media_type=JSON, headers=headers)
 
 
 def route(path: str, handler: Handler, method: str) -> Route:

@@ -24,7 +24,7 @@ from axione_asgi.errors import (
 from axione_asgi.exchange.estimate import estimate_prompt_tokens
 from axione_asgi.exchange.parsing import parse_body, read_body
 from axione_asgi.exchange.pipeline import Batch, Exchange, Pipeline
-from axione_asgi.ingress.base import JSON, route
+from axione_asgi.ingress.base import JSON, json_answer, route
 from axione_asgi.observability.context import upstream_call
 from axione_asgi.openai_types import (
     ChatCompletion,
@@ -264,10 +264,7 @@ class OpenAIChatIngress:
             return Response(status_code=499)
         completion.model = exchange.model_name(chat.model)
         out = _COMPLETION_JSON.to_json(completion, exclude_none=True)
-        if cache_key is None:
-            return Response(out, media_type=JSON)
-        await pipeline.keep(cache_key, out)
-        return Response(out, media_type=JSON, headers={CACHE_HEADER: "miss"})
+        return await json_answer(pipeline, out, cache_key)
 
     async def _stream(self, exchange: Exchange, chat: ChatCompletionRequest) -> Response:
         first, batches = await self.pipeline.open_stream(exchange, chat)

@@ -32,7 +32,7 @@ from axione_asgi.errors import AxioneError, ErrorEnvelope, InvalidRequest
 from axione_asgi.exchange.estimate import estimate_prompt_tokens
 from axione_asgi.exchange.parsing import parse_body, read_body, validation_error
 from axione_asgi.exchange.pipeline import Batch, Exchange, Pipeline
-from axione_asgi.ingress.base import JSON, route
+from axione_asgi.ingress.base import JSON, json_answer, route
 from axione_asgi.openai_types import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -271,10 +271,7 @@ class OpenAICompletionsIngress:
             return Response(status_code=499)
         answer = text_completion([completion], prompts, exchange.model_name(chat.model), echo=echo)
         out = json.dumps(answer, ensure_ascii=False).encode()
-        if cache_key is None:
-            return Response(out, media_type=JSON)
-        await pipeline.keep(cache_key, out)
-        return Response(out, media_type=JSON, headers={CACHE_HEADER: "miss"})
+        return await json_answer(pipeline, out, cache_key)
 
     @staticmethod
     async def _admit(exchange: Exchange, chats: list[ChatCompletionRequest]) -> None:

@@ -34,7 +34,7 @@ from axione_asgi.errors import (
 from axione_asgi.exchange.estimate import estimate_json_tokens
 from axione_asgi.exchange.parsing import parse_json_request, read_body
 from axione_asgi.exchange.pipeline import Exchange, Pipeline, open_passed_through
-from axione_asgi.ingress.base import JSON, route
+from axione_asgi.ingress.base import JSON, json_answer, route
 from axione_asgi.ingress.responses_format import (
     DIALECT,
     ResponsesStreamWriter,
@@ -254,11 +254,7 @@ class OpenAIResponsesIngress:
             exchange.report(*used)
         await self._keep(call, key_id, response, native)
         out = json.dumps(response, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = self._headers(call)
-        if cache_key is not None:
-            await pipeline.keep(cache_key, out)
-            headers[CACHE_HEADER] = "miss"
-        return Response(out, media_type=JSON, headers=headers)
+        return await json_answer(pipeline, out, cache_key, self._headers(call))
 
     @staticmethod
     def _headers(call: _Call) -> dict[str, str]:
